@@ -1,0 +1,60 @@
+"""aaclip-med: AA-CLIP anomaly detection for medical volumes.
+
+Example:
+    >>> import aaclip_med as am
+    >>> model = am.create_model("aaclip-tiny", backbone_weights="random")  # doctest: +SKIP
+    >>> vol = am.read_volume("study/")  # doctest: +SKIP
+    >>> res = am.score_volume(model, vol, "liver_ct")  # doctest: +SKIP
+    >>> am.write_nifti(res.mask, "mask.nii.gz", like=vol)  # doctest: +SKIP
+
+Heavy modules (torch, open_clip, MONAI) are imported on first use of a name, so ``import aaclip_med`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved lazily (PEP 562)
+_EXPORTS: dict[str, str] = {
+    "AACLIPMedError": "aaclip_med.errors",
+    "MODALITY_PRESETS": "aaclip_med.config",
+    "RunConfig": "aaclip_med.config",
+    "get_preset": "aaclip_med.config",
+    "load_run_config": "aaclip_med.config",
+    "Volume": "aaclip_med.volume",
+    "stack_slices": "aaclip_med.volume",
+    "read_volume": "aaclip_med.io",
+    "write_nifti": "aaclip_med.io",
+    "slice_transform": "aaclip_med.transforms",
+    "create_model": "aaclip_med.model.factory",
+    "list_models": "aaclip_med.model.factory",
+    "SliceOutput": "aaclip_med.model.aaclip",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
+    from aaclip_med.errors import AACLIPMedError
+    from aaclip_med.io import read_volume, write_nifti
+    from aaclip_med.model.aaclip import SliceOutput
+    from aaclip_med.model.factory import create_model, list_models
+    from aaclip_med.transforms import slice_transform
+    from aaclip_med.volume import Volume, stack_slices
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'aaclip_med' has no attribute '{name}'"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

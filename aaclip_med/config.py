@@ -1,0 +1,265 @@
+"""Frozen configuration dataclasses, the modality preset table and TOML loading.
+
+Behaviour per modality is a table (:data:`MODALITY_PRESETS`), not ``if`` chains: a preset bundles the intensity
+window, the foreground rule used to skip empty slices, the prompt set and the map blur.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from aaclip_med.errors import ConfigError, UnknownModalityError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "MODALITY_PRESETS",
+    "ExportConfig",
+    "ForegroundRule",
+    "InferenceConfig",
+    "ModalityPreset",
+    "PromptConfig",
+    "RunConfig",
+    "WindowConfig",
+    "get_preset",
+    "load_run_config",
+    "preset_for_modality",
+]
+
+WindowMode = Literal["hu", "percentile", "zscore"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """How a slice's intensities are mapped to [0, 1] before the CLIP normalisation.
+
+    ``hu``: clip to [lower, upper] in stored units (HU for CT) and scale. ``percentile``: clip to the slice's
+    [lower, upper] percentiles of the foreground (BMAD renders each slice min-max, so 0/100 reproduces it).
+    ``zscore``: z-score within the foreground, then clip to [lower, upper] standard deviations and scale.
+    """
+
+    mode: WindowMode = "percentile"
+    lower: float = 0.5  # percentiles: ignore the darkest 0.5 % (noise) but keep the whole dynamic range
+    upper: float = 99.5  # bright outliers (vessels, flow artefacts) should not squash the contrast
+
+
+@dataclass(frozen=True, slots=True)
+class ForegroundRule:
+    """Which voxels count as body/brain; slices with too little foreground are skipped and scored 0.
+
+    ``absolute``: value > threshold (stored units, e.g. HU > -500 is tissue in CT). ``relative``: value >
+    vmin + threshold * (p99.5 - vmin) over the whole volume (MRI has no absolute scale).
+    """
+
+    mode: Literal["absolute", "relative"] = "relative"
+    threshold: float = 0.05  # 5 % of the robust range separates air/skull-stripped zeros from tissue
+    min_fraction: float = 0.01  # under 1 % foreground the slice is air or the edge of the field of view
+
+
+@dataclass(frozen=True, slots=True)
+class PromptConfig:
+    """Which prompt set builds the text anchors; any field set here overrides the set's own value."""
+
+    set: str = "reference"  # a key of aaclip_med.model.prompts.PROMPT_SETS
+    class_name: str | None = None  # the reference code uses "scan" for every medical set
+    normal_states: tuple[str, ...] | None = None
+    abnormal_states: tuple[str, ...] | None = None
+    templates: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModalityPreset:
+    """Everything that depends on the modality: window, foreground rule, prompts and map smoothing."""
+
+    name: str
+    description: str
+    window: WindowConfig
+    foreground: ForegroundRule
+    prompts: PromptConfig
+    blur_kernel: int = 9  # spec section 6: medical domain blurs the 37x37 maps with a 9x9 Gaussian ...
+    blur_sigma: float = 1.5  # ... of sigma 1.5 (industrial: 7 and 1.0)
+
+
+_CT_FOREGROUND = ForegroundRule(mode="absolute", threshold=-500.0, min_fraction=0.01)
+_MR_FOREGROUND = ForegroundRule()
+
+MODALITY_PRESETS: dict[str, ModalityPreset] = {
+    "brain_mri": ModalityPreset(
+        name="brain_mri",
+        description="Brain MRI (FLAIR/T2): per-slice 0.5-99.5 percentile window, brain-MRI prompts",
+        window=WindowConfig("percentile", 0.5, 99.5),
+        foreground=_MR_FOREGROUND,
+        prompts=PromptConfig(set="brain_mri"),
+    ),
+    "liver_ct": ModalityPreset(
+        name="liver_ct",
+        description="Liver CT: HU window [-200, 250] (BMAD LiTS rendering, W450/L25), liver-CT prompts",
+        window=WindowConfig("hu", -200.0, 250.0),
+        foreground=_CT_FOREGROUND,
+        prompts=PromptConfig(set="liver_ct"),
+    ),
+    "ct": ModalityPreset(
+        name="ct",
+        description="Generic CT: soft-tissue HU window [-160, 240] (W400/L40), generic CT prompts",
+        window=WindowConfig("hu", -160.0, 240.0),
+        foreground=_CT_FOREGROUND,
+        prompts=PromptConfig(set="ct"),
+    ),
+    "mri": ModalityPreset(
+        name="mri",
+        description="Generic MRI: per-slice 1-99 percentile window, generic MRI prompts",
+        window=WindowConfig("percentile", 1.0, 99.0),
+        foreground=_MR_FOREGROUND,
+        prompts=PromptConfig(set="mri"),
+    ),
+    "reference": ModalityPreset(
+        name="reference",
+        description="Reference AA-CLIP: per-slice min-max, the reference prompts with class name 'scan'",
+        window=WindowConfig("percentile", 0.0, 100.0),
+        foreground=_MR_FOREGROUND,
+        prompts=PromptConfig(set="reference"),
+    ),
+}
+
+_MODALITY_TO_PRESET = {"CT": "ct", "MR": "mri"}
+
+
+def get_preset(preset: str | ModalityPreset) -> ModalityPreset:
+    """Look up a modality preset by name (a preset object is returned unchanged).
+
+    Raises:
+        UnknownModalityError: ``preset`` is not a key of :data:`MODALITY_PRESETS`.
+
+    Example:
+        >>> get_preset("liver_ct").window.upper
+        250.0
+    """
+    if isinstance(preset, ModalityPreset):
+        return preset
+    try:
+        return MODALITY_PRESETS[preset]
+    except KeyError:
+        known = ", ".join(MODALITY_PRESETS)
+        msg = (
+            f"Unknown modality preset '{preset}'; {did_you_mean(preset, MODALITY_PRESETS)}Known: {known}. "
+            "Pass --preset with one of these or add a preset in a run-config TOML."
+        )
+        raise UnknownModalityError(msg) from None
+
+
+def preset_for_modality(modality: str | None) -> str:
+    """Default preset name for a DICOM Modality value (``CT`` -> ``ct``, ``MR`` -> ``mri``).
+
+    Raises:
+        UnknownModalityError: the modality has no default preset.
+    """
+    if modality in _MODALITY_TO_PRESET:
+        return _MODALITY_TO_PRESET[modality]
+    msg = (
+        f"No default preset for modality '{modality}'; only CT and MR are mapped. "
+        f"Pass --preset (one of {', '.join(MODALITY_PRESETS)})."
+    )
+    raise UnknownModalityError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """How volumes are scored."""
+
+    model: str = "aaclip-vitl14-336"  # the paper's model; needs backbone weights
+    backbone_weights: str | None = None  # open_clip tag ("openai"), a file, or "random" (untrained on purpose)
+    adapter_weights: str | None = None  # our .safetensors or a reference checkpoint folder
+    image_size: int | None = None  # None: the model's own input size (518 for the paper's model)
+    device: str = "auto"  # cuda when present, else cpu
+    precision: str = "auto"  # bf16 autocast on AMX/avx512-bf16 CPUs and fp16 on CUDA; fp32 elsewhere
+    batch_size: int = 8  # slices per forward pass; memory stays flat in volume length
+    threshold: float | None = None  # None: the checkpoint's calibrated threshold (raw map units, DESIGN 0)
+    volume_score: Literal["max", "topk_mean"] = "max"  # max of slice scores, as the reference image score
+    topk: int = 3  # slices averaged by "topk_mean"; less sensitive to one noisy slice than "max"
+    min_component_mm3: float = 0.0  # 3D components smaller than this are removed from the mask (0: keep all)
+    seed: int = 0  # seeds a random backbone so that demo/test runs are reproducible
+    progress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """Which files a run writes beside the NIfTI heatmap and mask."""
+
+    dicom_seg: bool = True  # BINARY DICOM SEG of the mask, for DICOM inputs
+    parametric_map: bool = False  # the float heatmap as a DICOM Parametric Map, for DICOM inputs
+    overlays: int = 6  # PNG overlays of the top-scoring slices (0: none)
+    html: bool = True
+    include_phi: bool = False  # never copy patient name/ID/birth date into outputs unless asked
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """A full run: preset, model and export settings, as written to ``run.json``."""
+
+    preset: str | None = None  # None: from the DICOM Modality tag or the NIfTI intensity guess
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-serialisable data."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        msg = (
+            f"Unknown key(s) {unknown} in [{where}]; {did_you_mean(unknown[0], names)}"
+            f"known: {', '.join(names)}. Fix the TOML file."
+        )
+        raise ConfigError(msg)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        target = names[key].type
+        if isinstance(value, dict):
+            sub = {"inference": InferenceConfig, "export": ExportConfig}.get(key)
+            if sub is None:
+                msg = f"[{where}.{key}] must be a value, not a table ({target}). Fix the TOML file."
+                raise ConfigError(msg)
+            kwargs[key] = _build(sub, value, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        msg = f"Invalid [{where}] table: {err}. Fix the TOML file."
+        raise ConfigError(msg) from err
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run configuration TOML (``preset``, ``[inference]``, ``[export]``) into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: the file is missing, not valid TOML, or has unknown keys or bad values.
+
+    Example:
+        >>> cfg = load_run_config("pipelines/brain_mri.toml")  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        msg = f"{path}: run config not found. Check the path."
+        raise ConfigError(msg) from err
+    except tomllib.TOMLDecodeError as err:
+        msg = f"{path}: not valid TOML ({err}). Fix the file."
+        raise ConfigError(msg) from err
+    data.pop("description", None)
+    cfg: RunConfig = _build(RunConfig, data, "")
+    if cfg.preset is not None:
+        get_preset(cfg.preset)
+    return cfg
