@@ -1,0 +1,48 @@
+"""Atomic file writes: write to a temporary sibling, then ``os.replace`` it onto the target.
+
+A reader (or a resumed batch run that skips finished cases) never sees a half-written report file, and a failed
+write leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from aaclip_med._typing import PathLike
+from aaclip_med.errors import OutputError
+
+__all__ = ["atomic_path"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, on failure delete it.
+
+    Args:
+        path: The final file location; its parent folder is created if needed.
+
+    Yields:
+        A temporary path in the same folder (same file system, so the final ``os.replace`` is atomic).
+
+    Raises:
+        OutputError: The folder cannot be created or written.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        msg = f"Cannot write {target}: {err.strerror}; choose a writable output folder (--out)."
+        raise OutputError(msg) from err
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp creates 0600; report files are meant to be shared
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,286 @@
+"""Read volumes (DICOM, NIfTI, NRRD/MHA/MHD) onto their source grid and write NIfTI maps back on it.
+
+``read_volume`` never resamples: the returned :class:`~aaclip_med.volume.Volume` keeps the stored voxel grid and
+its exact affine, so ``write_nifti(mask, path, like=volume)`` overlays the input voxel for voxel in any viewer.
+Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import Dataset
+
+from aaclip_med._typing import Affine, Array, PathLike
+from aaclip_med.dicom import discover, group_series, iter_datasets, list_series, select_series
+from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series
+from aaclip_med.errors import DicomSeriesError, GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.volume import Volume, replace_nan
+
+__all__ = ["describe_volume", "list_series", "load_source_datasets", "read_volume", "write_nifti"]
+
+logger = logging.getLogger(__name__)
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima", ".zip")
+_CT_AIR_FRACTION = 0.10  # CT has air around the body: at least 10 % of voxels below -500 HU ...
+_CT_AIR_MIN = -900.0  # ... and a minimum at air/padding level; MRI intensities are (almost) never negative
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def guess_modality(data: Array) -> str:
+    """CT when >= 10 % of voxels are below -500 and the minimum is <= -900 (HU air), else MR."""
+    finite = data[np.isfinite(data)]
+    if finite.size and float(finite.min()) <= _CT_AIR_MIN and float(np.mean(finite < -500)) >= _CT_AIR_FRACTION:
+        return "CT"
+    return "MR"
+
+
+def _nifti_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors on corrupt files
+        msg = f"'{path}' is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or re-download it."
+        raise UnsupportedFormatError(msg.replace("\n", " ")) from err
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return _select_volume(data, path, volume_index), affine
+
+
+def _select_volume(data: Array, path: Path, volume_index: int | None) -> Array:
+    data = data.reshape(data.shape[:3] + tuple(n for n in data.shape[3:] if n != 1)) if data.ndim > 3 else data
+    if data.ndim == 2:
+        return data[:, :, None]
+    if data.ndim == 3:
+        if volume_index not in (None, 0):
+            msg = f"'{path}' is 3D; volume_index={volume_index} only applies to 4D images (drop --volume-index)."
+            raise GeometryError(msg)
+        return data
+    if data.ndim == 4:
+        n = data.shape[3]
+        if volume_index is None:
+            msg = f"'{path}' is 4D with {n} volumes; pass volume_index=0..{n - 1} (CLI --volume-index)."
+            raise GeometryError(msg)
+        if not -n <= volume_index < n:
+            msg = f"volume_index={volume_index} is out of range for '{path}' with {n} volumes; use 0..{n - 1}."
+            raise GeometryError(msg)
+        return data[..., volume_index]
+    msg = f"'{path}' has {data.ndim} dimensions {data.shape}; only 2D, 3D and 4D (with volume_index) are read."
+    raise GeometryError(msg)
+
+
+def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        msg = f"'{path}' could not be read by SimpleITK ({str(err).strip().splitlines()[-1]}); check the file."
+        raise UnsupportedFormatError(msg) from err
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        msg = f"'{path}' has {img.GetNumberOfComponentsPerPixel()} components per voxel; pass a scalar image."
+        raise UnsupportedFormatError(msg)
+    dim = img.GetDimension()
+    data = sitk.GetArrayFromImage(img).transpose(tuple(range(dim))[::-1])  # (z,y,x) -> (x,y,z) like nibabel
+    direction = np.asarray(img.GetDirection(), float).reshape(dim, dim)
+    lps = np.eye(4)
+    n = min(dim, 3)
+    lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])
+    lps[:n, 3] = img.GetOrigin()[:n]
+    return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps
+
+
+def _read_dicom(path: Path, series: str | int | None) -> tuple[Volume, list[str]]:
+    headers, kind = discover(path)
+    found, skipped = group_series(headers)
+    if kind == "file" and skipped:
+        msg = f"'{path}' is {skipped[0].split(': ', 1)[1]}, not an image; pass an image series (CT/MR)."
+        raise UnsupportedFormatError(msg)
+    info = select_series(found, skipped, series, str(path))
+    decoded = decode_series(info, str(path))
+    decoded.meta["dicom_input"] = kind
+    decoded.meta["n_files"] = len(info.headers)
+    modality = info.modality or None
+    vol = Volume(
+        decoded.data, decoded.affine, modality, str(path), decoded.meta, decoded.source_files, decoded.phi
+    )
+    return vol, decoded.warnings
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        msg = f"Input '{path}' does not exist; check the path (DICOM file/folder/zip, .nii/.nii.gz, .nrrd, .mha)."
+        raise UnsupportedFormatError(msg)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        msg = f"Input folder '{path}' is empty; point at a folder that holds DICOM files."
+        raise DicomSeriesError(msg)
+
+
+def read_volume(
+    path: PathLike,
+    series: str | int | None = None,
+    modality: str | None = None,
+    volume_index: int | None = None,
+) -> Volume:
+    """Read a DICOM file/folder/zip/DICOMDIR, NIfTI, NRRD, MHA or MHD image onto its source voxel grid.
+
+    NaN/inf voxels are replaced by the volume minimum, with a warning (the data never holds NaN).
+
+    Args:
+        path: The input. Folders are searched recursively, any file names; zips are read in memory.
+        series: DICOM only: SeriesInstanceUID, SeriesNumber or SeriesDescription when there are several series.
+        modality: Overrides the modality ("CT"/"MR"); NIfTI/NRRD have none and it is guessed otherwise.
+        volume_index: Which volume of a 4D image to read (required for 4D).
+
+    Returns:
+        The :class:`Volume`; ``meta["warnings"]`` lists the oddities found (also raised as warnings).
+
+    Raises:
+        UnsupportedFormatError: missing, corrupt or unsupported file.
+        DicomSeriesError: no image series, several series and no ``series``, or an unknown ``series``.
+        GeometryError: 4D without ``volume_index`` or an index out of range.
+
+    Example:
+        >>> vol = read_volume("study/")  # doctest: +SKIP
+        >>> vol.shape, vol.orientation  # doctest: +SKIP
+        ((512, 512, 16), 'LPS')
+    """
+    path = Path(path)
+    _check_path(path)
+    suffix = _suffix(path)
+    if suffix in _NIFTI_SUFFIXES or suffix in _SITK_SUFFIXES:
+        reader = _nifti_data if suffix in _NIFTI_SUFFIXES else _sitk_data
+        raw, affine = reader(path, volume_index)
+        fmt = "nifti" if suffix in _NIFTI_SUFFIXES else "sitk"
+        vol = Volume(raw, affine, None, str(path), {"format": fmt, "source_dtype": str(raw.dtype)})
+        warns: list[str] = []
+    elif path.is_dir() or suffix in _DICOM_SUFFIXES or zipfile.is_zipfile(path) or _is_dicom_magic(path):
+        vol, warns = _read_dicom(path, series)
+    else:
+        msg = (
+            f"Unsupported file type '{suffix}' for '{path}'; use DICOM (file, folder, zip, DICOMDIR), "
+            ".nii/.nii.gz, .nrrd, .mha or .mhd."
+        )
+        raise UnsupportedFormatError(msg)
+    return _finalise(vol, modality, warns)
+
+
+def _is_dicom_magic(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
+
+
+def _finalise(vol: Volume, modality: str | None, warns: list[str]) -> Volume:
+    data, nan_warning = replace_nan(vol.data, vol.source)
+    warns = [*warns, *([nan_warning] if nan_warning else [])]
+    meta: dict[str, Any] = dict(vol.meta)
+    if modality is not None:
+        meta["modality_guessed"] = False
+        final_modality: str | None = modality.upper()
+    elif vol.modality:
+        final_modality = vol.modality
+    else:
+        final_modality = guess_modality(data)
+        meta["modality_guessed"] = True
+        logger.info("%s has no modality tag; guessed %s from its intensities", vol.source, final_modality)
+    meta["warnings"] = warns
+    for text in warns:
+        warnings.warn(text, stacklevel=3)
+    return Volume(data, vol.affine, final_modality, vol.source, meta, vol.source_files, vol.phi)
+
+
+def write_nifti(array: Array, path: PathLike, like: Volume) -> Path:
+    """Write a map or mask on ``like``'s exact grid (qform and sform set to its affine, code 1), atomically.
+
+    Bool and integer arrays are written as uint8 masks, floating arrays as float32 maps.
+
+    Args:
+        array: Array of ``like.shape``.
+        path: Output ``.nii`` or ``.nii.gz`` path; its folder is created.
+        like: The volume the array belongs to.
+
+    Returns:
+        The written path.
+
+    Raises:
+        GeometryError: ``array`` does not have ``like.shape``.
+        OutputError: the path is not writable or not a NIfTI name.
+
+    Example:
+        >>> write_nifti(mask, "out/mask.nii.gz", like=vol)  # doctest: +SKIP
+    """
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.shape != like.shape:
+        msg = f"Cannot write {path}: array shape {arr.shape} differs from the grid {like.shape} of {like.source}."
+        raise GeometryError(msg)
+    if _suffix(path) not in _NIFTI_SUFFIXES:
+        msg = f"Output '{path}' must end with .nii or .nii.gz."
+        raise OutputError(msg)
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.uint8)
+    else:
+        arr, _ = replace_nan(arr, str(path))
+    img = nib.Nifti1Image(arr, like.affine)
+    img.set_qform(like.affine, code=1)
+    img.set_sform(like.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
+        os.close(fd)
+        try:
+            nib.save(img, tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        msg = f"Cannot write '{path}' ({err.strerror}); choose a writable output folder."
+        raise OutputError(msg) from err
+    return path
+
+
+def describe_volume(vol: Volume) -> dict[str, Any]:
+    """Summary for ``aaclip-med info``: geometry, modality, series, value range and read warnings (no PHI)."""
+    meta = vol.meta
+    return {
+        "path": vol.source,
+        "format": meta.get("format"),
+        "shape": list(vol.shape),
+        "spacing_mm": [round(s, 4) for s in vol.spacing],
+        "orientation": vol.orientation,
+        "modality": vol.modality,
+        "modality_guessed": bool(meta.get("modality_guessed", False)),
+        "series_uid": meta.get("series_uid"),
+        "series_number": meta.get("series_number"),
+        "series_description": meta.get("series_description"),
+        "value_range": [float(vol.data.min()), float(vol.data.max())],
+        "slice_axis": vol.slice_axis,
+        "n_slices": vol.n_slices,
+        "warnings": vol.warnings,
+    }
+
+
+def load_source_datasets(vol: Volume) -> list[Dataset]:
+    """The full pydicom datasets of a DICOM volume, in k order (one per file), e.g. for DICOM SEG export.
+
+    Raises:
+        UnsupportedFormatError: the volume was not read from DICOM.
+    """
+    if not vol.source_files:
+        msg = f"'{vol.source}' was not read from DICOM; DICOM SEG export needs a DICOM input."
+        raise UnsupportedFormatError(msg)
+    return list(iter_datasets(vol.source_files))

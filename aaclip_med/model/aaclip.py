@@ -1,0 +1,379 @@
+"""The AA-CLIP model: a frozen open_clip CLIP with residual adapters, text anchors and anomaly maps (spec 1-4, 6).
+
+The adapted forward passes loop over open_clip's own ``resblocks`` (reusing its modules) because the adapters
+rewrite the residual stream between blocks. Map arithmetic lives in small module-level functions
+(:func:`level_anomaly_maps`, :func:`training_probs`, :func:`gaussian_blur`) that training code reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aaclip_med.config import ModalityPreset, get_preset
+from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
+from aaclip_med.model.prompts import build_prompts
+from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
+from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
+
+if TYPE_CHECKING:
+    from aaclip_med.model.factory import ModelSpec
+
+__all__ = [
+    "AACLIP",
+    "Layout",
+    "SliceOutput",
+    "derive_layout",
+    "gaussian_blur",
+    "level_anomaly_maps",
+    "training_probs",
+]
+
+logger = logging.getLogger(__name__)
+
+TEMPERATURE = 100.0  # fixed logit scale of the similarity maps (spec 4)
+
+
+class SliceOutput(NamedTuple):
+    """Per-slice model output (DESIGN section 0)."""
+
+    score: torch.Tensor  # (B,) max of maps
+    maps: torch.Tensor  # (B,H,W) sum over levels of 50*(s_abn - s_nor) + 0.5 after blur and upsampling
+    det_score: torch.Tensor  # (B,) (det . T_abn + 1) / 2
+    level_maps: torch.Tensor | None  # (L,B,H,W)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where adapters and taps sit, as 1-indexed block numbers (DESIGN section 0 scaling rule)."""
+
+    taps: tuple[int, ...]  # blocks after which patch tokens are taken: round(k*L/4), k=1..4
+    image_adapt_until: int  # vision adapters after blocks 1..this (L/4, at least 1)
+    text_adapt_until: int  # text adapters after blocks 1..this (L_text/4, at least 1)
+    surgery_from: int  # V-V attention in blocks surgery_from..L (the first tap; 6 of 24 as the reference)
+
+
+def derive_layout(vision_layers: int, text_layers: int) -> Layout:
+    """Derive the adapter/tap layout from the backbone depths (24, 12 -> taps 6/12/18/24, 6 and 3 adapters)."""
+    taps = tuple(sorted({max(1, math.floor(k * vision_layers / 4 + 0.5)) for k in range(1, 5)}))
+    return Layout(taps, max(1, vision_layers // 4), max(1, text_layers // 4), taps[0])
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B,C,H,W) with reflect border (kornia ``gaussian_blur2d`` semantics).
+
+    A kernel size below 2 or ``sigma <= 0`` returns ``x`` unchanged.
+    """
+    if kernel < 2 or sigma <= 0:
+        return x
+    pos = torch.arange(kernel, dtype=torch.float64, device=x.device) - kernel // 2
+    if kernel % 2 == 0:
+        pos = pos + 0.5
+    weights = torch.exp(-pos.pow(2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).to(x.dtype)
+    channels = x.shape[1]
+    left, right = (kernel - 1) // 2, kernel // 2
+    x = F.pad(x, (left, right, left, right), mode="reflect")
+    x = F.conv2d(x, weights.view(1, 1, 1, kernel).expand(channels, 1, 1, kernel), groups=channels)
+    return F.conv2d(x, weights.view(1, 1, kernel, 1).expand(channels, 1, kernel, 1), groups=channels)
+
+
+def _similarity_grid(tokens: torch.Tensor, anchors: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    sim = TEMPERATURE * tokens.float() @ anchors.float()  # (B,N,2)
+    return sim.transpose(1, 2).reshape(tokens.shape[0], 2, *grid)
+
+
+def level_anomaly_maps(
+    seg_tokens: Sequence[torch.Tensor],
+    anchors: torch.Tensor,
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    blur_kernel: int,
+    blur_sigma: float,
+) -> torch.Tensor:
+    """Inference maps per level (spec 6): ``(S_abn + 1 - S_nor) / 2``, blurred on the grid, bilinear up.
+
+    Args:
+        seg_tokens: Per level, (B,N,D) normalised patch features.
+        anchors: (D,2) text anchors, column 0 normal, 1 abnormal.
+        grid: Patch grid (rows, cols), rows*cols = N.
+        size: Output (H, W).
+        blur_kernel: Gaussian kernel size at grid resolution.
+        blur_sigma: Gaussian sigma in patches.
+
+    Returns:
+        (L,B,H,W) float32 maps.
+    """
+    out = []
+    for tokens in seg_tokens:
+        sim = _similarity_grid(tokens, anchors, grid)
+        amap = (sim[:, 1:2] + 1 - sim[:, 0:1]) / 2
+        amap = gaussian_blur(amap, blur_kernel, blur_sigma)
+        out.append(F.interpolate(amap, size=size, mode="bilinear", align_corners=True)[:, 0])
+    return torch.stack(out)
+
+
+def training_probs(
+    tokens: torch.Tensor, anchors: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Training-time probabilities (spec 4): bilinear up (align_corners) of ``100 f T``, softmax over 2 channels.
+
+    Returns:
+        (B,2,H,W): channel 0 normal, 1 abnormal.
+    """
+    sim = F.interpolate(_similarity_grid(tokens, anchors, grid), size=size, mode="bilinear", align_corners=True)
+    return torch.softmax(sim, dim=1)
+
+
+class AACLIP(nn.Module):
+    """AA-CLIP around an open_clip ``CLIP``; build it with :func:`aaclip_med.model.factory.create_model`.
+
+    Attributes:
+        clip: The frozen open_clip backbone.
+        spec: The registry entry it was built from.
+        layout: Tap and adapter positions.
+        text_adapter: Text block adapters plus the final projection (stage 1 parameters).
+        image_adapter: Vision block adapters, seg and det projections (stage 2 parameters).
+        input_size: Square input size in pixels.
+        untrained_backbone: True when the backbone was randomly initialised on purpose.
+        threshold: Calibrated threshold from the adapter checkpoint (raw map units), or None.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        spec: ModelSpec,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        input_size: int,
+        precision: str,
+        backbone_info: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.clip: Any = clip.eval().requires_grad_(False)  # open_clip CLIP (untyped)
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.input_size = input_size
+        self.precision = precision
+        self.backbone_info = backbone_info
+        self.untrained_backbone = backbone_info["source"] == "random"
+        self.threshold: float | None = None
+        self.adapter_info: dict[str, Any] = {"source": None}
+        self.lam_text, self.lam_image = spec.lam_text, spec.lam_image
+        visual = self.clip.visual
+        width, text_width = visual.transformer.width, self.clip.transformer.width
+        embed_dim = visual.proj.shape[1]
+        self.layout = derive_layout(len(visual.transformer.resblocks), len(self.clip.transformer.resblocks))
+        self.image_adapter = ImageAdapter(
+            width, embed_dim, self.layout.image_adapt_until, len(self.layout.taps), spec.relu
+        )
+        self.text_adapter = build_text_adapter(text_width, embed_dim, self.layout.text_adapt_until)
+        self._anchor_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.clip.visual.conv1.weight.device
+
+    def train(self, mode: bool = True) -> AACLIP:
+        """Set adapter training mode; the backbone always stays in eval mode (patch dropout off, as reference)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Parameters optimised in ``stage`` 1 (text adapter) or 2 (image adapter)."""
+        if stage not in (1, 2):
+            from aaclip_med.errors import ConfigError
+
+            msg = f"stage={stage} is not a training stage; use 1 (text adapter) or 2 (image adapter)."
+            raise ConfigError(msg)
+        return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=dtype):
+                yield
+
+    # ---- text -------------------------------------------------------------------------------------------------
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Adapted text encoder (spec 2.3): adapters after the first blocks, EOT token, adapter projection."""
+        clip = self.clip
+        x = clip.token_embedding(tokens) + clip.positional_embedding
+        for i, block in enumerate(clip.transformer.resblocks):
+            x = block(x, attn_mask=clip.attn_mask)
+            if i < self.layout.text_adapt_until:
+                x = residual_blend(x, self.text_adapter[i](x), self.lam_text)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return self.text_adapter[-1](x)  # type: ignore[no-any-return]
+
+    def anchors_from_prompts(self, normal: Sequence[str], abnormal: Sequence[str]) -> torch.Tensor:
+        """Text anchors (spec 3) with gradient: (D,2), column 0 normal, 1 abnormal, unit columns."""
+        tokens = self.tokenizer([*normal, *abnormal]).to(self.device)
+        emb = F.normalize(self.encode_text(tokens).float(), dim=-1)
+        anchors = [F.normalize(part.mean(0), dim=-1) for part in (emb[: len(normal)], emb[len(normal) :])]
+        return torch.stack(anchors, dim=1)
+
+    def text_anchors(self, preset: str | ModalityPreset) -> torch.Tensor:
+        """Anchors for a preset's prompts, cached by the resolved sentences and the text-adapter versions."""
+        normal, abnormal = build_prompts(get_preset(preset).prompts)
+        versions = tuple(p._version for p in self.text_adapter.parameters())  # bumped by optimiser steps and loads
+        key = (tuple(normal), tuple(abnormal), self.device, self.precision, versions)
+        if key not in self._anchor_cache:
+            with torch.no_grad(), self._autocast():
+                self._anchor_cache[key] = self.anchors_from_prompts(normal, abnormal).float()
+        return self._anchor_cache[key]
+
+    # ---- vision -----------------------------------------------------------------------------------------------
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Patch grid (rows, cols) for an input batch."""
+        patch = self.clip.visual.patch_size
+        return x.shape[-2] // patch[0], x.shape[-1] // patch[1]
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        visual = self.clip.visual
+        x = visual.conv1(x).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))  # type: ignore[no-any-return]
+
+    def vision_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Adapted residual stream (CLS first, before ``ln_post``) after each tap block: list of (B,N+1,W)."""
+        x = self._embed(x)
+        taps = []
+        for i, block in enumerate(self.clip.visual.transformer.resblocks):
+            x = block(x)
+            if i < self.layout.image_adapt_until:
+                x = residual_blend(x, self.image_adapter.layer_adapters[i](x), self.lam_image)
+            if i + 1 in self.layout.taps:
+                taps.append(x)
+        return taps
+
+    def encode_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Adapted vision features (spec 2.4): per-level normalised seg tokens (B,N,D) and the det token (B,D)."""
+        ln_post = self.clip.visual.ln_post
+        tokens = [ln_post(t[:, 1:]) for t in self.vision_taps(x)]
+        seg = [F.normalize(proj(t), dim=-1) for proj, t in zip(self.image_adapter.seg_proj, tokens, strict=True)]
+        det = F.normalize(self.image_adapter.det_proj(tokens[-1]), dim=-1).mean(dim=1)
+        return seg, det
+
+    def surgery_tokens(self, x: torch.Tensor, vv_axis: VVAxis = "tokens") -> list[torch.Tensor]:
+        """Frozen stage-1 residual stream (no adapters; V-V attention from the first tap): list of (B,N+1,W)."""
+        vv_axis = check_vv_axis(vv_axis)
+        x = self._embed(x)
+        taps = []
+        for i, block in enumerate(self.clip.visual.transformer.resblocks):
+            x = vv_block(block, x, vv_axis) if i + 1 >= self.layout.surgery_from else block(x)
+            if i + 1 in self.layout.taps:
+                taps.append(x)
+        return taps
+
+    def surgery_features(self, x: torch.Tensor, vv_axis: VVAxis = "tokens") -> list[torch.Tensor]:
+        """Stage-1 patch features (spec 1): ``normalize(ln_post(t) @ proj) + normalize(encode_image(x))``.
+
+        The sum is not re-normalised. Computed without gradient (the backbone is frozen).
+        """
+        visual = self.clip.visual
+        with torch.no_grad():
+            glob = F.normalize(self.clip.encode_image(x), dim=-1)[:, None]
+            return [
+                F.normalize(visual.ln_post(t[:, 1:]) @ visual.proj, dim=-1) + glob
+                for t in self.surgery_tokens(x, vv_axis)
+            ]
+
+    def score_slices(
+        self, x: torch.Tensor, preset: str | ModalityPreset = "reference", return_levels: bool = True
+    ) -> SliceOutput:
+        """Anomaly maps and scores for CLIP-normalised slices (spec 6; DESIGN section 0).
+
+        Args:
+            x: (B,3,H,W) CLIP-normalised images, H and W multiples of the patch size.
+            preset: Preset name or object: prompts and blur.
+            return_levels: Also return the per-level maps.
+
+        Returns:
+            :class:`SliceOutput` with float32 tensors on the model's device.
+        """
+        preset = get_preset(preset)
+        anchors = self.text_anchors(preset)
+        with torch.inference_mode():
+            x = x.to(self.device, torch.float32)
+            with self._autocast():
+                seg, det = self.encode_levels(x)
+            levels = level_anomaly_maps(
+                seg, anchors, self.grid(x), (x.shape[-2], x.shape[-1]), preset.blur_kernel, preset.blur_sigma
+            )
+            maps = levels.sum(0)
+            det_score = (det.float() @ anchors[:, 1] + 1) / 2
+            return SliceOutput(maps.flatten(1).amax(1), maps, det_score, levels if return_levels else None)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors under checkpoint keys ``text_adapter.*`` / ``image_adapter.*``."""
+        state = {f"text_adapter.{k}": v for k, v in self.text_adapter.state_dict().items()}
+        state.update({f"image_adapter.{k}": v for k, v in self.image_adapter.state_dict().items()})
+        return state
+
+    def metadata(self) -> dict[str, Any]:
+        """Provenance for ``run.json`` and checkpoint metadata."""
+        from aaclip_med import __version__
+
+        return {
+            "model": self.spec.name,
+            "backbone": dict(self.backbone_info),
+            "backbone_status": "untrained backbone" if self.untrained_backbone else "pretrained backbone",
+            "input_size": self.input_size,
+            "taps": list(self.layout.taps),
+            "image_adapt_until": self.layout.image_adapt_until,
+            "text_adapt_until": self.layout.text_adapt_until,
+            "lam_text": self.lam_text,
+            "lam_image": self.lam_image,
+            "relu": self.spec.relu,
+            "quick_gelu": self.spec.quick_gelu,
+            "precision": self.precision,
+            "adapters": dict(self.adapter_info),
+            "threshold": self.threshold,
+            "aaclip_med_version": __version__,
+        }
+
+    def save_adapters(self, path: str, metadata: dict[str, Any] | None = None) -> str:
+        """Save the adapters to ``.safetensors`` with the model metadata plus ``metadata`` (prompts, threshold...).
+
+        Returns:
+            The written path.
+        """
+        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision")}
+        meta.update(metadata or {})
+        return str(write_adapters(path, self.adapter_state(), meta))
+
+    def load_adapters(self, ckpt: AdapterCheckpoint) -> None:
+        """Load a checkpoint read by :func:`aaclip_med.model.weights.read_adapters` after checking it fits.
+
+        Raises:
+            WeightsError: missing/unexpected keys, wrong shapes, or a different backbone than it was trained on.
+        """
+        from aaclip_med.model.factory import check_backbone_match
+
+        check_adapter_state({k: v.shape for k, v in self.adapter_state().items()}, ckpt.state, ckpt.source)
+        if ckpt.metadata is not None:
+            check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
+            self.threshold = ckpt.metadata.get("threshold")
+        else:
+            logger.info("%s has no metadata (reference checkpoint): backbone identity not checked", ckpt.source)
+        with torch.no_grad():
+            for key, value in self.adapter_state().items():
+                value.copy_(ckpt.state[key])
+        self.adapter_info = {"source": ckpt.source, "sha256": ckpt.sha256}
+        self._anchor_cache.clear()

@@ -1,0 +1,279 @@
+"""The one model factory: a registry of named AA-CLIP configurations, :func:`create_model` and :func:`list_models`.
+
+Registry entries name an open_clip architecture; adapter widths, tap layers and adapter depths derive from the
+built backbone (DESIGN section 0), never from hard-coded numbers. ``aaclip-tiny`` registers its own small open_clip
+config (vision width 64, 4 blocks, patch 16 at 224 px -> a 14x14 grid; text width 64, 4 blocks) for tests and CPU
+benchmarks; 224 keeps a realistic grid for the 9x9 map blur while a forward pass stays in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
+from aaclip_med.model.aaclip import AACLIP
+from aaclip_med.model.weights import (
+    AdapterSource,
+    apply_backbone_state,
+    fingerprint,
+    load_backbone_state,
+    read_adapters,
+    resolve_backbone_file,
+    sha256_file,
+)
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "TINY_OPEN_CLIP_CONFIG",
+    "ModelSpec",
+    "check_backbone_match",
+    "create_model",
+    "list_models",
+    "resolve_precision",
+]
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A registry entry: which backbone, at which size, with which adapter settings."""
+
+    name: str
+    arch: str  # open_clip model config name
+    description: str
+    image_size: int  # default input size (the paper runs ViT-L-14-336 at 518 -> 37x37 grid)
+    default_backbone: str  # backbone_weights used when None is passed: a tag ("openai") or "random"
+    quick_gelu: bool = False  # exact GELU as the reference code (spec 8.3); True is the weights' own activation
+    lam_text: float = 0.1  # adaptation strength of the text adapters (spec 2.2)
+    lam_image: float = 0.1  # adaptation strength of the vision adapters
+    relu: bool = False  # LeakyReLU after seg/det projections (reference --relu, default off)
+    default_adapters: str | None = None  # file in aaclip_med/data used when adapter_weights is None
+    local_names: tuple[str, ...] = ()  # hand-downloaded file names looked for in $AACLIP_MED_WEIGHTS_DIR
+
+
+TINY_OPEN_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
+}
+_OWN_OPEN_CLIP_CONFIGS = {"aaclip-tiny": TINY_OPEN_CLIP_CONFIG}
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {
+    "aaclip-vitl14-336": ModelSpec(
+        name="aaclip-vitl14-336",
+        arch="ViT-L-14-336",
+        image_size=518,
+        default_backbone="openai",
+        description="The paper's model: OpenAI CLIP ViT-L/14@336 at 518 px, taps after blocks 6/12/18/24",
+        local_names=("ViT-L-14-336px.pt",),
+    ),
+    "aaclip-tiny": ModelSpec(
+        name="aaclip-tiny",
+        arch="aaclip-tiny",
+        image_size=224,
+        default_backbone="random",
+        description="Tiny open_clip config (width 64, 4 blocks) for tests and benchmarks; random backbone",
+    ),
+    "demo": ModelSpec(
+        name="demo",
+        arch="aaclip-tiny",
+        image_size=224,
+        default_backbone="random",
+        description="aaclip-tiny with the shipped demo adapters (random seed-0 backbone; not for diagnosis)",
+        default_adapters="demo_adapters.safetensors",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(MODEL_REGISTRY)
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODEL_REGISTRY:
+        msg = (
+            f"Unknown model '{name}'; {did_you_mean(name, MODEL_REGISTRY)}known: {', '.join(list_models())}. "
+            "Pass one of these names."
+        )
+        raise UnknownModelError(msg)
+    return MODEL_REGISTRY[name]
+
+
+def _register_open_clip_config(arch: str) -> None:
+    import open_clip
+
+    if arch not in _OWN_OPEN_CLIP_CONFIGS or arch in open_clip.list_models():
+        return
+    folder = Path(tempfile.gettempdir()) / f"aaclip_med_open_clip_configs_{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{arch}.json").write_text(json.dumps(_OWN_OPEN_CLIP_CONFIGS[arch]), encoding="utf-8")
+    open_clip.add_model_config(folder)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX/avx512-bf16, fp32 otherwise.
+
+    Raises:
+        ConfigError: unknown value.
+    """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        msg = f"precision={precision!r} is not valid; use auto, fp32, bf16 or fp16."
+        raise ConfigError(msg)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
+
+
+def check_backbone_match(meta: dict[str, Any], backbone: dict[str, Any], source: str) -> None:
+    """Refuse adapters trained on another backbone: architecture name and weight fingerprint must agree.
+
+    Raises:
+        WeightsError: the checkpoint records a different backbone.
+    """
+    trained = meta.get("backbone") or {}
+    if trained.get("name") not in (None, backbone["name"]):
+        msg = (
+            f"{source}: adapters were trained on backbone {trained.get('name')}, the model uses "
+            f"{backbone['name']}. Use the model name they were trained for."
+        )
+        raise WeightsError(msg)
+    want, have = trained.get("fingerprint"), backbone["fingerprint"]
+    if want is not None and (
+        len(want) != len(have)
+        or not all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4) for a, b in zip(want, have, strict=True))
+    ):
+        how = (
+            f"random seed {trained.get('seed')}"
+            if trained.get("source") == "random"
+            else (f"weights sha256 {str(trained.get('sha256'))[:12]}...")
+        )
+        msg = (
+            f"{source}: adapters were trained on a different {backbone['name']} backbone "
+            f"({how}). Build the model with those backbone weights/seed."
+        )
+        raise WeightsError(msg)
+
+
+def _build_backbone(
+    spec: ModelSpec, weights: str, image_size: int, seed: int, trust_pickle: bool
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import open_clip
+
+    info: dict[str, Any] = {"name": spec.arch, "quick_gelu": spec.quick_gelu}
+    path = None if weights == "random" else resolve_backbone_file(spec.arch, weights, spec.local_names)
+    state = None if path is None else load_backbone_state(path, trust_pickle)
+    clip = open_clip.create_model(
+        spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
+    )
+    if path is None:
+        warnings.warn(
+            f"{spec.name}: untrained backbone (random init from seed {seed}); maps are not meaningful "
+            "for diagnosis.",
+            stacklevel=3,
+        )
+        info.update(source="random", seed=seed)
+    else:
+        apply_backbone_state(clip, state or {}, str(path))
+        info.update(
+            source="file" if Path(weights).expanduser().is_file() else "tag",
+            weights=weights,
+            path=str(path),
+            sha256=sha256_file(path),
+        )
+    info["fingerprint"] = fingerprint(clip.state_dict())
+    return clip, info
+
+
+def create_model(
+    name: str,
+    backbone_weights: str | None = None,
+    adapter_weights: AdapterSource | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    image_size: int | None = None,
+    seed: int = 0,
+    trust_pickle: bool = False,
+) -> AACLIP:
+    """Build an AA-CLIP model from the registry.
+
+    Args:
+        name: A registry name (:func:`list_models`).
+        backbone_weights: open_clip tag (``openai``), a weight file, or ``random`` (untrained on purpose, from
+            ``torch.manual_seed(seed)``). None: the entry's default (``openai`` for the ViT-L model).
+        adapter_weights: Our ``.safetensors``, a reference folder (``text_adapter.pth`` +
+            ``image_adapter*.pth``) or a ``(text, image)`` pair. None: the entry's shipped adapters, if any, else
+            Xavier-random adapters (with a warning).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ...
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast in :meth:`AACLIP.score_slices`).
+        image_size: Input size override (position embeddings are resized); None: the entry's size.
+        seed: Seeds the random backbone and the adapter initialisation; the caller's RNG state is untouched.
+        trust_pickle: Allow full-pickle ``.pth`` files (they can run code).
+
+    Returns:
+        The model in eval mode with a frozen backbone.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+        WeightsError: weights are missing, corrupt or do not fit.
+
+    Example:
+        >>> model = create_model("aaclip-tiny", backbone_weights="random")  # doctest: +SKIP
+    """
+    import open_clip
+
+    spec = _spec(name)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    size = image_size or spec.image_size
+    source = adapter_weights
+    if source is None and spec.default_adapters is not None:
+        source = DATA_DIR / spec.default_adapters
+        if not source.is_file():
+            msg = (
+                f"{source}: the shipped adapters of model '{name}' are missing from this install. "
+                "Reinstall aaclip-med or pass adapter_weights."
+            )
+            raise WeightsError(msg)
+    _register_open_clip_config(spec.arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip, info = _build_backbone(spec, backbone_weights or spec.default_backbone, size, seed, trust_pickle)
+        model = AACLIP(
+            clip, spec, open_clip.get_tokenizer(spec.arch), size, resolve_precision(precision, dev), info
+        )
+        torch.manual_seed(seed + 1)  # adapters: independent of how much RNG the backbone consumed
+        from aaclip_med.model.adapters import xavier_init_
+
+        xavier_init_(model.image_adapter)
+        xavier_init_(model.text_adapter)
+    if source is None:
+        warnings.warn(f"{name}: no adapter weights; adapters are random (Xavier, seed {seed + 1}).", stacklevel=2)
+    else:
+        model.load_adapters(read_adapters(source, trust_pickle))
+    logger.info("Built %s (%s, %s backbone) on %s, %s", name, spec.arch, info["source"], dev, model.precision)
+    return model.to(dev).eval()

@@ -1,0 +1,349 @@
+"""Weight files: backbone resolution and loading, fingerprints, adapter checkpoints (ours and the reference's).
+
+Backbone weights come from one of three places: an open_clip ``pretrained`` tag (downloaded where online, cached by
+open_clip), a local file (open_clip checkpoint, state dict, safetensors, or the OpenAI TorchScript ``.pt``), or a
+folder named by ``AACLIP_MED_WEIGHTS_DIR`` that holds such a file. Adapter checkpoints are our ``.safetensors``
+(with a JSON metadata block) or reference AA-CLIP ``.pth`` files, mapped key by key with count and shape checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import torch
+
+from aaclip_med.errors import WeightsError
+
+__all__ = [
+    "WEIGHTS_DIR_ENV",
+    "AdapterCheckpoint",
+    "AdapterSource",
+    "apply_backbone_state",
+    "check_adapter_state",
+    "fingerprint",
+    "load_backbone_state",
+    "read_adapters",
+    "resolve_backbone_file",
+    "sha256_file",
+    "write_adapters",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "AACLIP_MED_WEIGHTS_DIR"
+METADATA_KEY = "aaclip_med"
+_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+AdapterSource: TypeAlias = "str | os.PathLike[str] | tuple[str | os.PathLike[str], str | os.PathLike[str]]"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(state_dict: Mapping[str, torch.Tensor]) -> list[float]:
+    """Return sums of five backbone tensors (as ``shared/parity/make_inputs.py``): identifies a backbone cheaply.
+
+    The last vision block's MLP weight is used whatever the depth, so the rule fits every config.
+    """
+    n_blocks = 1 + max(int(k.split(".")[3]) for k in state_dict if k.startswith("visual.transformer.resblocks."))
+    keys = [
+        "visual.conv1.weight",
+        "token_embedding.weight",
+        f"visual.transformer.resblocks.{n_blocks - 1}.mlp.c_fc.weight",
+        "text_projection",
+        "visual.proj",
+    ]
+    return [float(state_dict[k].double().sum()) for k in keys]
+
+
+def _how_to(arch: str, what: str) -> str:
+    return (
+        f"Backbone weights for {arch} not available ({what}). Supply them one of three ways: a pretrained tag "
+        f"such as 'openai' with network access (downloads once into the open_clip cache), "
+        f"--backbone-weights FILE (open_clip checkpoint, state dict or the OpenAI ViT-L-14-336px.pt), or a "
+        f"folder holding that file named by {WEIGHTS_DIR_ENV}."
+    )
+
+
+def resolve_backbone_file(arch: str, weights: str, local_names: tuple[str, ...] = ()) -> Path:
+    """Turn a ``backbone_weights`` value (tag or path) into a local file, downloading a tag where online.
+
+    Args:
+        arch: open_clip model config name, e.g. ``ViT-L-14-336``.
+        weights: A file path or an open_clip pretrained tag such as ``openai``.
+        local_names: Extra file names to look for in ``$AACLIP_MED_WEIGHTS_DIR`` (e.g. ``ViT-L-14-336px.pt``).
+
+    Returns:
+        Path of the weight file.
+
+    Raises:
+        WeightsError: the file does not exist, the tag is unknown, or the download failed (offline).
+    """
+    import open_clip
+
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix in _SUFFIXES or os.sep in weights:
+        raise WeightsError(_how_to(arch, f"file '{weights}' not found"))
+    cfg = open_clip.get_pretrained_cfg(arch, weights)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise WeightsError(_how_to(arch, f"'{weights}' is neither a file nor a pretrained tag; tags: {known}"))
+    cache_dir = os.environ.get(WEIGHTS_DIR_ENV) or None
+    if cache_dir:
+        url_name = cfg.get("url", "").rsplit("/", 1)[-1] or None
+        names = [*local_names, *([url_name] if url_name else []), *(f"{arch}-{weights}{s}" for s in _SUFFIXES)]
+        for name in names:
+            candidate = Path(cache_dir) / name
+            if candidate.is_file():
+                logger.info("Backbone weights from %s: %s", WEIGHTS_DIR_ENV, candidate)
+                return candidate
+    try:
+        target = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as err:  # network, hub and file-system errors all mean "not available"
+        raise WeightsError(_how_to(arch, f"download of tag '{weights}' failed: {type(err).__name__}")) from err
+    if not target:
+        raise WeightsError(_how_to(arch, f"tag '{weights}' has no download source"))
+    return Path(target)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> object:
+    """``torch.load`` with ``weights_only=True``; full pickles only when ``trust_pickle``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if not isinstance(err, pickle.UnpicklingError):
+            msg = (
+                f"{path}: cannot read ({type(err).__name__}: {err}); the file is corrupt or "
+                "not a torch checkpoint. Re-download or re-export it."
+            )
+            raise WeightsError(msg) from err
+        if not trust_pickle:
+            msg = (
+                f"{path}: a full pickle, not a plain state dict; loading it can run code. Pass "
+                "trust_pickle=True (--trust-pickle) only if you trust its source."
+            )
+            raise WeightsError(msg) from err
+        logger.warning("Loading full pickle %s (trust_pickle=True)", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_backbone_state(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a backbone state dict from safetensors, a torch checkpoint or an OpenAI TorchScript archive.
+
+    TorchScript archives are read with ``torch.jit.load`` (TorchScript's own restricted deserialiser, as open_clip
+    and the OpenAI code do), so they need no ``trust_pickle``.
+
+    Raises:
+        WeightsError: the file is unreadable, corrupt, or not a state dict.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        elif _is_torchscript(path):
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                obj.pop(key, None)
+        else:
+            obj = _torch_load(path, trust_pickle)
+    except WeightsError:
+        raise
+    except Exception as err:
+        msg = f"{path}: cannot read backbone weights ({type(err).__name__}); the file is corrupt. Re-download it."
+        raise WeightsError(msg) from err
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        msg_0 = f"{path}: not a state dict of tensors. Pass an open_clip checkpoint or the OpenAI .pt."
+        raise WeightsError(msg_0)
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def apply_backbone_state(clip: Any, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a backbone state dict into an open_clip CLIP, resizing position embeddings (bicubic, antialias).
+
+    Raises:
+        WeightsError: keys or shapes do not fit the architecture.
+    """
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = dict(state)
+    if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
+    resize_pos_embed(state, clip)
+    resize_text_pos_embed(state, clip)
+    try:
+        result = clip.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1:2] or [str(err)]
+        msg = (
+            f"{source}: shapes do not fit this backbone ({first[0].strip()}). "
+            "Use weights of the model's architecture."
+        )
+        raise WeightsError(msg) from err
+    if result.missing_keys or result.unexpected_keys:
+        msg = (
+            f"{source}: not weights for this backbone; missing {sorted(result.missing_keys)[:5]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:5]}. Use weights of its architecture."
+        )
+        raise WeightsError(msg)
+
+
+@dataclass(frozen=True)
+class AdapterCheckpoint:
+    """Adapter tensors under our keys (``text_adapter.*``, ``image_adapter.*``) and where they came from."""
+
+    state: dict[str, torch.Tensor]
+    metadata: dict[str, Any] | None
+    source: str
+    sha256: str | None
+
+
+def write_adapters(
+    path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+) -> Path:
+    """Write adapter tensors to ``.safetensors`` with ``metadata`` as a JSON block (atomic rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
+    tmp.replace(path)
+    return path
+
+
+def _read_safetensors(path: Path) -> AdapterCheckpoint:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta_raw = (fh.metadata() or {}).get(METADATA_KEY)
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
+        metadata = json.loads(meta_raw) if meta_raw else None
+    except Exception as err:
+        msg = (
+            f"{path}: cannot read adapter safetensors ({type(err).__name__}); the file is corrupt "
+            "or truncated. Re-export or re-download it."
+        )
+        raise WeightsError(msg) from err
+    return AdapterCheckpoint(state, metadata, str(path), sha256_file(path))
+
+
+def _read_reference(path: Path, key: str, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        msg = f"{path}: reference adapter checkpoint not found. Check the path."
+        raise WeightsError(msg)
+    obj = _torch_load(path, trust_pickle)
+    if not isinstance(obj, Mapping) or key not in obj:
+        found = sorted(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
+        msg = f"{path}: no '{key}' entry (found {found}); expected a reference AA-CLIP {key}.pth checkpoint."
+        raise WeightsError(msg)
+    return {f"{key}.{k}": v for k, v in obj[key].items()}
+
+
+def _pick_image_checkpoint(folder: Path) -> Path:
+    numbered = []
+    for p in folder.glob("image_adapter*.pth"):
+        match = re.fullmatch(r"image_adapter_(\d+)\.pth", p.name)
+        if match:
+            numbered.append((int(match.group(1)), p))
+    if numbered:
+        epoch, chosen = max(numbered)
+        logger.info("Reference image adapter: %s (highest epoch %d of %d)", chosen.name, epoch, len(numbered))
+        return chosen
+    plain = folder / "image_adapter.pth"
+    if plain.is_file():
+        logger.info("Reference image adapter: %s", plain)
+        return plain
+    msg = (
+        f"{folder}: no image_adapter*.pth. Pass a folder with the reference text_adapter.pth and "
+        "image_adapter_<epoch>.pth, or our .safetensors."
+    )
+    raise WeightsError(msg)
+
+
+def read_adapters(source: AdapterSource, trust_pickle: bool = False) -> AdapterCheckpoint:
+    """Read adapter weights: our ``.safetensors``, a reference folder, or a ``(text, image)`` pair of paths.
+
+    Reference checkpoint keys (spec 2.6) map to ours by an explicit prefix: ``{i}.fc.0.weight`` of the
+    ``text_adapter`` entry becomes ``text_adapter.{i}.fc.0.weight``, and likewise for ``image_adapter``.
+
+    Raises:
+        WeightsError: missing, corrupt or wrongly structured files.
+    """
+    if isinstance(source, tuple | list):
+        if len(source) != 2:
+            msg = f"adapter_weights pair {source!r} must be (text_adapter.pth, image_adapter.pth)."
+            raise WeightsError(msg)
+        text_path, image_path = (Path(p) for p in source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            text_path, image_path = path / "text_adapter.pth", _pick_image_checkpoint(path)
+        elif path.is_file():
+            return _read_safetensors(path)
+        else:
+            msg = (
+                f"Adapter weights '{source}' not found; pass our .safetensors, a folder with "
+                "reference text_adapter.pth + image_adapter_<epoch>.pth, or a (text, image) pair."
+            )
+            raise WeightsError(msg)
+    state = _read_reference(text_path, "text_adapter", trust_pickle)
+    state.update(_read_reference(image_path, "image_adapter", trust_pickle))
+    return AdapterCheckpoint(state, None, f"{text_path} + {image_path}", None)
+
+
+def check_adapter_state(
+    expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Check that ``state`` has exactly the expected adapter keys and shapes.
+
+    Raises:
+        WeightsError: listing missing and unexpected keys and shape mismatches.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} {tuple(state[k].shape)}!={tuple(expected[k])}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k]
+    ]
+    if missing or unexpected or shapes:
+        hint = (
+            " (fc.0 vs fc: the checkpoint and model disagree on the seg/det --relu flag)"
+            if any(".fc.0." in k and "proj" in k for k in missing + unexpected)
+            else ""
+        )
+        msg = (
+            f"{source}: adapter weights do not fit this model{hint}; missing {missing}, "
+            f"unexpected {unexpected}, shape mismatches {shapes}. Use adapters trained for this "
+            "model name."
+        )
+        raise WeightsError(msg)

@@ -1,0 +1,227 @@
+"""Turn raw AA-CLIP heatmaps into masks and slice scores into a volume score.
+
+Everything here is pure numpy/scipy on arrays of the source grid, indexed like ``Volume.data`` (``[i, j, k]``).
+Heatmaps are in raw AA-CLIP map units (DESIGN §0): thresholds are applied to them unchanged, and
+:func:`normalise_for_display` exists for pictures only, never for masks or scores.
+
+Example:
+    >>> import numpy as np
+    >>> heat = np.zeros((4, 4, 3), np.float32); heat[1:3, 1:3, 1] = 2.0
+    >>> mask = threshold_map(heat, 1.0)
+    >>> int(remove_small_components(mask, (0.5, 0.5, 2.0), min_size_mm3=1.0).sum())
+    4
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from aaclip_med.errors import ConfigError, GeometryError, did_you_mean
+
+__all__ = [
+    "aggregate_volume_score",
+    "normalise_for_display",
+    "percentile_threshold",
+    "remove_small_components",
+    "threshold_map",
+]
+
+logger = logging.getLogger(__name__)
+
+VolumeScoreMethod = Literal["max", "topk_mean"]
+_METHODS: tuple[str, ...] = ("max", "topk_mean")
+
+# 26-connectivity: voxels touching by a face, an edge or a corner belong to one component, so a thin oblique
+# lesion drawn across slices is not split into one-voxel pieces.
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def threshold_map(heatmap: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.uint8]:
+    """Binarise a heatmap: voxels strictly above ``threshold`` become 1.
+
+    Args:
+        heatmap: Raw AA-CLIP map of any shape (NaN counts as below the threshold).
+        threshold: Threshold in the heatmap's units (raw map units for AA-CLIP heatmaps).
+
+    Returns:
+        A uint8 array of the heatmap's shape holding 0 and 1.
+
+    Raises:
+        ConfigError: If ``threshold`` is not a finite number.
+    """
+    if not math.isfinite(threshold):
+        msg = f"Threshold {threshold!r} is not a finite number; pass a value in raw AA-CLIP map units."
+        raise ConfigError(msg)
+    return (np.asarray(heatmap) > threshold).astype(np.uint8)
+
+
+def remove_small_components(
+    mask: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
+    spacing_mm: Sequence[float],
+    min_size_mm3: float,
+) -> npt.NDArray[np.uint8]:
+    """Remove 3D connected components smaller than ``min_size_mm3`` cubic millimetres.
+
+    Components are found with :func:`scipy.ndimage.label` and 26-connectivity (faces, edges and corners touch).
+    A component's volume is its voxel count times the voxel volume ``prod(spacing_mm)``, so anisotropic grids
+    are measured in physical units.
+
+    Args:
+        mask: Binary 3D mask (any non-zero voxel is foreground).
+        spacing_mm: Voxel size along each of the mask's three axes, in mm (``Volume.spacing``).
+        min_size_mm3: Components with a volume below this are removed; ``<= 0`` keeps everything.
+
+    Returns:
+        A uint8 mask of the same shape holding 0 and 1.
+
+    Raises:
+        GeometryError: If the mask is not 3D or the spacing does not give three positive sizes.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 3:
+        msg = f"Mask has shape {arr.shape}; component removal needs a 3D (I, J, K) mask."
+        raise GeometryError(msg)
+    spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        msg = f"Spacing {spacing_mm!r} is not three positive sizes in mm; pass Volume.spacing."
+        raise GeometryError(msg)
+    binary = np.asarray(arr != 0, dtype=np.uint8)
+    if min_size_mm3 <= 0 or not binary.any():
+        return binary
+    labels, n_components = ndimage.label(binary, structure=_STRUCTURE_26)
+    voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
+    sizes_mm3 = np.bincount(labels.ravel()) * voxel_mm3
+    keep = sizes_mm3 >= min_size_mm3
+    keep[0] = False  # label 0 is the background
+    n_removed = n_components - int(keep.sum())
+    logger.debug("removed %d of %d components below %.3g mm3", n_removed, n_components, min_size_mm3)
+    return np.asarray(keep[labels], dtype=np.uint8)
+
+
+def aggregate_volume_score(
+    slice_scores: npt.NDArray[np.floating],
+    scored: npt.NDArray[np.bool_],
+    method: VolumeScoreMethod = "max",
+    k: int = 3,
+) -> float:
+    """Combine per-slice scores into one volume score, using only the slices that were scored.
+
+    Args:
+        slice_scores: ``(n_slices,)`` slice scores (skipped slices hold 0 and are ignored).
+        scored: ``(n_slices,)`` bool, True where the slice had foreground and was scored.
+        method: ``"max"`` (the reference image score) or ``"topk_mean"`` (mean of the ``k`` highest scores,
+            less sensitive to one noisy slice; all scored slices when fewer than ``k``).
+        k: Number of slices averaged by ``"topk_mean"``.
+
+    Returns:
+        The volume score, or 0.0 with a warning when no slice was scored.
+
+    Raises:
+        ConfigError: If ``method`` is unknown, ``k < 1``, or the two arrays differ in shape.
+    """
+    if method not in _METHODS:
+        hint = did_you_mean(method, _METHODS)
+        msg = f"Unknown volume score method {method!r}; {hint}use one of {', '.join(_METHODS)}."
+        raise ConfigError(msg)
+    if k < 1:
+        msg = f"topk={k} is invalid; the volume score needs k >= 1 slices."
+        raise ConfigError(msg)
+    scores = np.asarray(slice_scores, dtype=np.float64)
+    used = np.asarray(scored, dtype=bool)
+    if scores.shape != used.shape:
+        msg = f"slice_scores shape {scores.shape} != scored shape {used.shape}; pass one flag per slice."
+        raise ConfigError(msg)
+    values = scores[used]
+    if values.size == 0:
+        warnings.warn("No slice was scored (no foreground found); volume score set to 0.0.", stacklevel=2)
+        return 0.0
+    if method == "max":
+        return float(values.max())
+    top = np.sort(values)[-min(k, values.size) :]
+    return float(top.mean())
+
+
+def percentile_threshold(
+    heatmap: npt.NDArray[np.floating],
+    pct: float,
+    where: npt.NDArray[np.bool_] | None = None,
+) -> float:
+    """Return the ``pct``-th percentile of the heatmap, for a "percentile" threshold option.
+
+    Args:
+        heatmap: Raw AA-CLIP map.
+        pct: Percentile in [0, 100] (e.g. 99 flags the hottest 1 % of the considered voxels).
+        where: Optional bool mask of the heatmap's shape restricting the voxels considered (e.g. the scored
+            slices or the foreground), so that zeros on skipped slices do not pull the percentile down.
+
+    Returns:
+        The threshold in the heatmap's units. When ``where`` selects no voxel, the heatmap's maximum is
+        returned with a warning, so that ``heatmap > threshold`` is empty.
+
+    Raises:
+        ConfigError: If ``pct`` is outside [0, 100].
+        GeometryError: If the heatmap is empty or ``where`` does not have its shape.
+    """
+    if not 0.0 <= pct <= 100.0:
+        msg = f"Percentile {pct!r} is outside [0, 100]; pass e.g. 99 to flag the hottest 1 % of voxels."
+        raise ConfigError(msg)
+    heat = np.asarray(heatmap)
+    if heat.size == 0:
+        msg = "Heatmap is empty; a percentile threshold needs at least one voxel."
+        raise GeometryError(msg)
+    if where is None:
+        values = heat
+    else:
+        sel = np.asarray(where, dtype=bool)
+        if sel.shape != heat.shape:
+            msg = f"'where' shape {sel.shape} != heatmap shape {heat.shape}; pass a mask on the same grid."
+            raise GeometryError(msg)
+        values = heat[sel]
+        if values.size == 0:
+            warnings.warn("'where' selects no voxel; threshold set to the heatmap maximum.", stacklevel=2)
+            return float(np.nanmax(heat))
+    return float(np.nanpercentile(values, pct))
+
+
+def normalise_for_display(
+    heatmap: npt.NDArray[np.floating],
+    lo_pct: float = 0.0,
+    hi_pct: float = 100.0,
+    where: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Scale a heatmap to [0, 1] with per-volume percentiles, for overlays and pictures only.
+
+    Per-volume scaling makes every volume look "hot" somewhere, so it must never feed masks or scores
+    (DESIGN §0: thresholds are in raw map units).
+
+    Args:
+        heatmap: Raw AA-CLIP map.
+        lo_pct: Percentile mapped to 0 (0: the minimum).
+        hi_pct: Percentile mapped to 1 (100: the maximum).
+        where: Optional bool mask restricting the voxels the percentiles are computed over.
+
+    Returns:
+        A float32 array of the heatmap's shape in [0, 1]; all zeros when the map is constant.
+
+    Raises:
+        ConfigError: If the percentiles are not ``0 <= lo_pct < hi_pct <= 100``.
+        GeometryError: If the heatmap is empty or ``where`` does not have its shape.
+    """
+    if not 0.0 <= lo_pct < hi_pct <= 100.0:
+        msg = f"Display percentiles ({lo_pct}, {hi_pct}) must satisfy 0 <= lo < hi <= 100."
+        raise ConfigError(msg)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    lo = percentile_threshold(heat, lo_pct, where)
+    hi = percentile_threshold(heat, hi_pct, where)
+    if not hi > lo:
+        return np.zeros(heat.shape, dtype=np.float32)
+    scaled = (heat - np.float32(lo)) / np.float32(hi - lo)
+    return np.asarray(np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0), dtype=np.float32)

@@ -1,0 +1,270 @@
+"""Self-contained HTML reports: one page per case and one per cohort.
+
+Pages come from the jinja2 templates shipped as package data (``aaclip_med/templates``), with autoescaping on.
+Images are inlined as base64 data URIs and charts as SVG; the pages load nothing from elsewhere (a
+Content-Security-Policy meta tag enforces it), so a report folder can be zipped, mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aaclip_med._typing import Array, PathLike
+from aaclip_med._atomic import atomic_path
+from aaclip_med.report.plots import histogram_svg, score_curve_svg
+from aaclip_med.report.sheets import _columns, to_jsonable
+
+__all__ = [
+    "UNTRAINED_BANNER",
+    "format_value",
+    "png_data_uri",
+    "slice_ranges",
+    "write_case_html",
+    "write_cohort_html",
+]
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED_BANNER = "Demo/untrained model: outputs show the pipeline, not clinical accuracy"
+
+
+@functools.cache
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("aaclip_med", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = format_value
+    return env
+
+
+def format_value(value: Any) -> str:
+    """Format a table cell: floats to 6 significant digits, None as an em dash, containers as compact JSON."""
+    if value is None:
+        return "\u2014"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(to_jsonable(value), separators=(", ", ": "))
+    return str(value)
+
+
+def png_data_uri(path: PathLike) -> str:
+    """Return a ``data:image/png;base64,...`` URI holding the file's bytes."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def slice_ranges(indices: Sequence[int]) -> str:
+    """Compress sorted slice indices into ranges.
+
+    Example:
+        >>> slice_ranges([3, 4, 5, 9, 11, 12])
+        '3-5, 9, 11-12'
+    """
+    values = sorted({int(k) for k in indices})
+    parts: list[str] = []
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and values[end + 1] == values[end] + 1:
+            end += 1
+        parts.append(str(values[start]) if start == end else f"{values[start]}-{values[end]}")
+        start = end + 1
+    return ", ".join(parts)
+
+
+def _render(template: str, path: PathLike, **context: Any) -> Path:
+    from aaclip_med import __version__
+
+    html = _environment().get_template(template).render(version=__version__, banner=UNTRAINED_BANNER, **context)
+    with atomic_path(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    logger.debug("Wrote %s", path)
+    return Path(path)
+
+
+def _provenance_items(
+    prov: Mapping[str, Any], preset: str | None, threshold: float | None
+) -> list[tuple[str, Any]]:
+    model = prov.get("model") or {}
+    config = prov.get("config") or {}
+    items: list[tuple[str, Any]] = [
+        ("model", model.get("name")),
+        ("weights sha256", model.get("weights_sha256")),
+        ("untrained backbone", model.get("untrained_backbone")),
+        ("preset", preset if preset is not None else config.get("preset")),
+        ("threshold (map units)", threshold),
+        ("created (UTC)", prov.get("created_utc")),
+    ]
+    items += [(f"input {i['path']}", f"sha256 {i.get('sha256')}") for i in prov.get("inputs", [])]
+    items += [(f"{name} version", version) for name, version in (prov.get("packages") or {}).items()]
+    items += [(f"time {name} (s)", seconds) for name, seconds in (prov.get("timings") or {}).items()]
+    return items
+
+
+def write_case_html(
+    path: PathLike,
+    *,
+    case_id: str,
+    overlays: Sequence[PathLike],
+    slice_scores: Array,
+    scored: Array,
+    threshold: float,
+    score: float,
+    qa: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    untrained: bool = False,
+    preset: str | None = None,
+    histogram_values: Array | None = None,
+) -> Path:
+    """Write the one-page report of a case.
+
+    Sections: summary (volume score, flagged slices), top slices (the overlays), slice-score curve, score
+    histogram, metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
+    top of the page.
+
+    Args:
+        path: Output file, usually ``<case folder>/report.html``.
+        case_id: The case identifier.
+        overlays: Overlay PNGs, shown in this order (highest score first) and inlined.
+        slice_scores: ``(n_slices,)`` slice scores in map units.
+        scored: ``(n_slices,)`` bool, True where the slice was scored.
+        threshold: The map threshold; scored slices above it are flagged.
+        score: The volume score.
+        qa: The QA record (``warnings`` is listed apart, other scalar fields in a table).
+        provenance: The run.json content (see :func:`~aaclip_med.report.provenance`).
+        metrics: Metric name to value, when the case has labels.
+        untrained: Show the untrained-model banner.
+        preset: The modality preset name (else taken from the provenance config).
+        histogram_values: Values for the histogram; default the scores of the scored slices.
+
+    Returns:
+        The written path.
+    """
+    scores = np.asarray(slice_scores, dtype=np.float64)
+    scored_b = np.asarray(scored, dtype=bool)
+    flagged = np.flatnonzero(scored_b & (scores > threshold)).tolist()
+    qa = dict(qa or {})
+    warnings_list = [str(w) for w in qa.pop("warnings", []) or []]
+    hist_source = scores[scored_b] if histogram_values is None else np.asarray(histogram_values)
+    summary = [
+        ("volume score", score),
+        ("threshold (map units)", threshold),
+        ("slices scored", f"{int(scored_b.sum())} of {scores.size}"),
+        ("flagged slices", f"{len(flagged)}: {slice_ranges(flagged)}" if flagged else "none"),
+    ]
+    return _render(
+        "case_report.html",
+        path,
+        title=f"aaclip-med report: {case_id}",
+        case_id=case_id,
+        untrained=untrained,
+        summary=summary,
+        overlays=[{"name": Path(p).stem, "uri": png_data_uri(p)} for p in overlays],
+        curve_svg=score_curve_svg(scores, scored_b, threshold),
+        histogram_svg=histogram_svg(hist_source, threshold, label="slice score"),
+        metrics=sorted((metrics or {}).items()),
+        warnings=warnings_list,
+        qa_items=sorted(qa.items()),
+        provenance_items=_provenance_items(provenance or {}, preset, threshold),
+        created=(provenance or {}).get("created_utc", ""),
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], links: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """Pre-format rows for the templates; numeric columns (all values numbers or empty) are right-aligned."""
+    names = _columns(rows)
+    columns = [
+        {"name": name, "numeric": all(_is_number(r.get(name)) or r.get(name) is None for r in rows)}
+        for name in names
+    ]
+    body = [
+        [
+            {
+                "text": format_value(row.get(name)),
+                "href": links[i] if links is not None and name == "case_id" else None,
+                "numeric": column["numeric"],
+            }
+            for name, column in zip(names, columns, strict=True)
+        ]
+        for i, row in enumerate(rows)
+    ]
+    return {"columns": columns, "rows": body}
+
+
+def write_cohort_html(
+    path: PathLike,
+    *,
+    cases: Sequence[Mapping[str, Any]],
+    summary: Sequence[Mapping[str, Any]] = (),
+    failures: Sequence[Mapping[str, Any]] = (),
+    provenance: Mapping[str, Any] | None = None,
+    untrained: bool = False,
+    title: str = "aaclip-med cohort report",
+    sort_by: str = "score",
+    case_link: str = "cases/{case_id}/report.html",
+) -> Path:
+    """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
+
+    Args:
+        path: Output file, usually ``<run folder>/report.html``.
+        cases: One row per case (``case_id`` first is best), as in ``cases.csv``.
+        summary: Summary metric rows, as in ``summary.csv``.
+        failures: Failed-case rows, as in ``failures.csv``.
+        provenance: The run.json content.
+        untrained: Show the untrained-model banner.
+        title: The page title.
+        sort_by: Column to sort the case table by, highest first (rows without it go last).
+        case_link: Relative link of a case page; the case id is linked only when that file exists.
+
+    Returns:
+        The written path.
+    """
+    root = Path(path).parent
+
+    def numeric_key(row: Mapping[str, Any]) -> tuple[bool, float]:
+        value = row.get(sort_by)
+        number = float(value) if isinstance(value, int | float | np.number) else math.nan
+        return (not math.isfinite(number), -number if math.isfinite(number) else 0.0)
+
+    def link(row: Mapping[str, Any]) -> str | None:
+        href = case_link.format(case_id=row["case_id"]) if "case_id" in row else None
+        return href if href is not None and (root / href).is_file() else None
+
+    ordered = sorted(cases, key=numeric_key)
+    prov = provenance or {}
+    return _render(
+        "cohort_report.html",
+        path,
+        title=title,
+        untrained=untrained,
+        n_cases=len(cases),
+        n_failures=len(failures),
+        sort_by=sort_by,
+        cases_table=_table(ordered, [link(row) for row in ordered]),
+        summary_table=_table(summary),
+        failures_table=_table(failures),
+        provenance_items=_provenance_items(prov, None, None),
+        created=prov.get("created_utc", ""),
+    )

@@ -1,0 +1,185 @@
+"""Provenance for ``run.json``: how an output folder was made (nnU-Net ``predict_from_raw_data_args.json``).
+
+It records the resolved configuration, the model (name, weights hash, untrained flag), the versions of the
+packages that shape the numbers, the interpreter and platform, the sha256 of every input, timings and a UTC
+timestamp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib.metadata
+import logging
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aaclip_med._typing import PathLike
+from aaclip_med.errors import UnsupportedFormatError
+
+__all__ = ["PROVENANCE_PACKAGES", "file_sha256", "input_record", "package_versions", "provenance"]
+
+logger = logging.getLogger(__name__)
+
+# Distributions whose versions can change the outputs (import name differs for some: open_clip, SimpleITK).
+PROVENANCE_PACKAGES: tuple[str, ...] = (
+    "aaclip-med",
+    "torch",
+    "open_clip_torch",
+    "monai",
+    "numpy",
+    "pydicom",
+    "nibabel",
+    "SimpleITK",
+    "highdicom",
+)
+_CHUNK = 1 << 20
+_WEIGHTS_HASH_KEYS = ("weights_sha256", "adapter_sha256", "sha256")
+
+
+def file_sha256(path: PathLike) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks (any size, constant memory).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The 64-character hex digest.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_record(path: PathLike) -> dict[str, Any]:
+    """Describe one input: its path, kind, file count, byte count and sha256.
+
+    A folder (a DICOM series) is hashed as the sha256 of the lines ``<relative posix path> NUL <file sha256>``
+    over its files in sorted order, so renaming, adding or changing any file changes the hash.
+
+    Args:
+        path: An input file or folder, as given by the user.
+
+    Returns:
+        ``{"path", "kind": "file"|"folder", "n_files", "n_bytes", "sha256"}``.
+
+    Raises:
+        UnsupportedFormatError: The path does not exist.
+    """
+    source = Path(path)
+    if source.is_file():
+        return {
+            "path": str(path),
+            "kind": "file",
+            "n_files": 1,
+            "n_bytes": source.stat().st_size,
+            "sha256": file_sha256(source),
+        }
+    if not source.is_dir():
+        msg = f"Input {path} does not exist; cannot hash it for run.json. Check the path."
+        raise UnsupportedFormatError(msg)
+    files = sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: p.relative_to(source).as_posix())
+    combined = hashlib.sha256()
+    for file in files:
+        combined.update(f"{file.relative_to(source).as_posix()}\0{file_sha256(file)}\n".encode())
+    return {
+        "path": str(path),
+        "kind": "folder",
+        "n_files": len(files),
+        "n_bytes": sum(f.stat().st_size for f in files),
+        "sha256": combined.hexdigest(),
+    }
+
+
+def package_versions(names: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str, str | None]:
+    """Return the installed version of each distribution, None when it is not installed.
+
+    Args:
+        names: Distribution names.
+
+    Returns:
+        Name to version string or None.
+    """
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return dict(config)
+
+
+def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    metadata = dict(metadata or {})
+    weights_hash = next((metadata[k] for k in _WEIGHTS_HASH_KEYS if metadata.get(k)), None)
+    return {
+        "name": metadata.get("name", metadata.get("model")),
+        "weights_sha256": weights_hash,
+        "untrained_backbone": bool(metadata.get("untrained_backbone", False)),
+        "metadata": metadata,
+    }
+
+
+def provenance(
+    config: Any,
+    model_metadata: Mapping[str, Any] | None,
+    inputs: Sequence[PathLike],
+    timings: Mapping[str, float] | None = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the content of ``run.json``.
+
+    Args:
+        config: The resolved configuration: a mapping, a dataclass, or an object with ``to_dict()`` (RunConfig).
+        model_metadata: ``model.metadata()``; its ``name`` (or ``model``), ``weights_sha256`` (or
+            ``adapter_sha256`` / ``sha256``) and ``untrained_backbone`` keys are lifted into ``model``.
+        inputs: Input files or folders; each is hashed in full (streamed).
+        timings: Named durations in seconds (e.g. ``{"read": 1.2, "score": 30.5}``).
+        extra: More top-level keys (e.g. ``{"modality_guessed": True}``); they override nothing above.
+
+    Returns:
+        ``{"created_utc", "config", "model", "packages", "python", "inputs", "timings", ...extra}``; pass it to
+        :func:`~aaclip_med.report.write_json`.
+
+    Raises:
+        UnsupportedFormatError: An input path does not exist.
+
+    Example:
+        >>> prov = provenance({"preset": "ct"}, {"name": "demo"}, [])
+        >>> prov["model"]["name"], sorted(prov)[:3]
+        ('demo', ['config', 'created_utc', 'inputs'])
+    """
+    record: dict[str, Any] = {
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": _config_dict(config),
+        "model": _model_record(model_metadata),
+        "packages": package_versions(),
+        "python": {
+            "version": sys.version.split()[0],
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+        },
+        "inputs": [input_record(p) for p in inputs],
+        "timings": {k: float(v) for k, v in (timings or {}).items()},
+    }
+    for key, value in (extra or {}).items():
+        record.setdefault(key, value)
+    return record

@@ -1,0 +1,108 @@
+"""Registry, backbone weight resolution (random, local file, tag, env folder) and precision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from aaclip_med.errors import UnknownModelError, WeightsError
+from aaclip_med.model import AACLIP, create_model, factory, list_models
+from aaclip_med.model.weights import WEIGHTS_DIR_ENV, resolve_backbone_file, sha256_file
+
+
+def test_registry() -> None:
+    assert list_models() == ["aaclip-tiny", "aaclip-vitl14-336", "demo"]
+    with pytest.raises(UnknownModelError, match="did you mean 'aaclip-tiny'"):
+        create_model("aaclip-tiyn")
+
+
+def test_random_backbone_metadata(tiny: AACLIP) -> None:
+    meta = tiny.metadata()
+    assert tiny.untrained_backbone and meta["backbone_status"] == "untrained backbone"
+    assert meta["backbone"]["source"] == "random" and len(meta["backbone"]["fingerprint"]) == 5
+    assert tiny.input_size == 224 and tiny.grid(torch.zeros(1, 3, 224, 224)) == (14, 14)
+    assert tiny.threshold is None
+
+
+def test_random_backbone_warns_and_keeps_caller_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with pytest.warns(UserWarning, match="untrained backbone"):
+        create_model("aaclip-tiny", backbone_weights="random", device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_local_pretrained_path(make_tiny: Callable[..., AACLIP], tmp_path: Path) -> None:
+    make_tiny()  # registers the tiny open_clip config
+    torch.manual_seed(42)
+    source = open_clip.create_model("aaclip-tiny", pretrained=None)
+    sd = source.state_dict()
+    torch.save(sd, tmp_path / "tiny.pt")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "tiny_wrapped.pth")
+    for name in ("tiny.pt", "tiny_wrapped.pth"):
+        model = make_tiny(backbone_weights=str(tmp_path / name))
+        for key, value in model.clip.state_dict().items():
+            assert torch.equal(value, sd[key]), key
+        assert not model.untrained_backbone
+        assert model.backbone_info["sha256"] == sha256_file(tmp_path / name)
+        assert model.metadata()["backbone_status"] == "pretrained backbone"
+
+
+def test_local_path_resized_image(make_tiny: Callable[..., AACLIP], tmp_path: Path) -> None:
+    make_tiny()
+    torch.save(open_clip.create_model("aaclip-tiny", pretrained=None).state_dict(), tmp_path / "tiny.pt")
+    model = make_tiny(backbone_weights=str(tmp_path / "tiny.pt"), image_size=112)
+    assert model.clip.visual.positional_embedding.shape == (1 + 7 * 7, 64)
+    assert model.score_slices(torch.zeros(1, 3, 112, 112)).maps.shape == (1, 112, 112)
+
+
+def test_bad_backbone_files(make_tiny: Callable[..., AACLIP], tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="not found.*--backbone-weights FILE"):
+        make_tiny(backbone_weights=str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="corrupt"):
+        make_tiny(backbone_weights=str(tmp_path / "junk.pt"))
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(WeightsError, match="this backbone"):
+        make_tiny(backbone_weights=str(tmp_path / "wrong.pt"))
+
+
+def test_offline_tag_explains_the_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*_args: object, **_kwargs: object) -> str:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    with pytest.raises(WeightsError) as info:
+        create_model("aaclip-vitl14-336", device="cpu")  # None means the "openai" tag
+    message = str(info.value)
+    assert "openai" in message and "--backbone-weights FILE" in message and WEIGHTS_DIR_ENV in message
+    with pytest.raises(WeightsError, match="neither a file nor a pretrained tag"):
+        resolve_backbone_file("ViT-L-14-336", "laion-nope")
+
+
+def test_weights_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "ViT-L-14-336px.pt").write_bytes(b"x")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    found = resolve_backbone_file("ViT-L-14-336", "openai", ("ViT-L-14-336px.pt",))
+    assert found == tmp_path / "ViT-L-14-336px.pt"
+
+
+def test_demo_needs_shipped_adapters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(factory, "DATA_DIR", tmp_path)
+    with pytest.raises(WeightsError, match="demo_adapters.safetensors.*shipped adapters of model 'demo'"):
+        create_model("demo", device="cpu")
+
+
+def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert factory.resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"

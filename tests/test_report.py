@@ -1,0 +1,346 @@
+"""Tests of aaclip_med.report: overlays, sheets, JSON, provenance and the HTML pages (no browser here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aaclip_med import report
+from aaclip_med.errors import ConfigError, GeometryError, UnsupportedFormatError
+from aaclip_med._atomic import atomic_path
+from aaclip_med.report.run_json import PROVENANCE_PACKAGES
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def _slice(k: int, size: int = 48) -> report.OverlaySlice:
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.exp(-((yy - 20) ** 2 + (xx - 28) ** 2) / 18.0)
+    image = (40.0 + 200.0 * blob).astype(np.float32)
+    heat = (2.0 + 1.5 * blob).astype(np.float32)
+    return report.OverlaySlice(k, image, heat, heat > 3.0, -10.0 + 2.5 * k, float(heat.max()))
+
+
+class _FakeVolume:
+    """Duck-typed stand-in for aaclip_med.volume.Volume (display slice = rot90 of the stored slice)."""
+
+    def __init__(self, data: np.ndarray, affine: np.ndarray) -> None:
+        self.data, self.affine, self.source = data, affine, "fake.nii.gz"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def get_slice(self, index: int, axis: int | None = None) -> np.ndarray:
+        return np.rot90(np.take(self.data, index, axis=2 if axis is None else axis))
+
+    def with_data(self, data: np.ndarray) -> _FakeVolume:
+        return _FakeVolume(data, self.affine)
+
+
+@pytest.fixture
+def case_inputs() -> dict:
+    rng = np.random.default_rng(0)
+    scores = (2.0 + rng.random(30)).astype(np.float32)
+    scored = np.ones(30, dtype=bool)
+    scored[:3] = False
+    scores[~scored] = 0.0
+    scores[10:13] += 1.5
+    return {"slice_scores": scores, "scored": scored, "threshold": 3.0, "score": float(scores.max())}
+
+
+# --- overlays -----------------------------------------------------------------------------------------------
+
+
+def test_write_overlays_pngs(tmp_path: Path) -> None:
+    paths = report.write_overlays([_slice(3), _slice(12)], tmp_path / "ov", window=(0, 255))
+    assert [p.name for p in paths] == ["slice_0003.png", "slice_0012.png"]
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()
+            assert img.size == (500, 550)
+    assert _no_temp_files(tmp_path)
+
+
+def test_overlay_untrained_caption_is_drawn(tmp_path: Path) -> None:
+    def red_pixels(untrained: bool) -> int:
+        (path,) = report.write_overlays([_slice(1)], tmp_path / str(untrained), untrained=untrained)
+        top = np.asarray(Image.open(path).convert("RGB"))[:45].astype(int)
+        return int(((top[..., 0] > 200) & (top[..., 1] < 120)).sum())
+
+    assert red_pixels(True) > 50
+    assert red_pixels(False) == 0
+
+
+def test_overlay_accepts_tuples_and_checks_shapes(tmp_path: Path) -> None:
+    image = np.zeros((16, 16))
+    (path,) = report.write_overlays([(5, image, None, None, None, None)], tmp_path, size_px=200)
+    assert Image.open(path).size == (200, 220)
+    with pytest.raises(GeometryError, match="slice 5"):
+        report.write_overlays([(5, image, np.zeros((8, 8)))], tmp_path)
+
+
+def test_window_limits() -> None:
+    image = np.arange(101, dtype=np.float32)
+    assert report.window_limits(image, (-200, 250)) == (-200.0, 250.0)
+    assert report.window_limits(image, "liver_ct") == (-200.0, 250.0)
+    lo, hi = report.window_limits(image)  # 1-99 percentiles
+    assert (lo, hi) == pytest.approx((1.0, 99.0))
+    assert report.window_limits(np.zeros((4, 4))) == (0.0, 1.0)  # flat slice: never a zero-width window
+    with pytest.raises(ConfigError):
+        report.window_limits(image, 3)
+
+
+def test_top_slices_skips_unscored() -> None:
+    scores = np.array([5.0, 1.0, 3.0, 3.0, 9.0])
+    scored = np.array([True, True, True, True, False])
+    assert report.top_slices(scores, scored, n=3) == [0, 2, 3]
+
+
+def test_write_volume_overlays_with_volume_like(tmp_path: Path) -> None:
+    data = np.zeros((20, 24, 6), dtype=np.float32)
+    data[5:10, 6:12, 2] = 100.0
+    heat = data / 50.0 + 1.0
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[2, 3] = -40.0
+    result = SimpleNamespace(
+        heatmap=heat,
+        mask=(heat > 2.5).astype(np.uint8),
+        slice_axis=2,
+        preset="ct",
+        untrained_backbone=True,
+        slice_scores=heat.max(axis=(0, 1)),
+        scored=np.array([False, True, True, True, True, False]),
+    )
+    paths = report.write_volume_overlays(_FakeVolume(data, affine), result, tmp_path, n=2)
+    assert paths[0].name == "slice_0002.png"
+    assert len(paths) == 2
+    assert report.slice_position_mm(affine, data.shape, 2, 2) == (pytest.approx(-35.0), "z")
+
+
+def test_volume_overlay_slices_share_orientation_with_real_volume(tmp_path: Path) -> None:
+    from aaclip_med.volume import Volume
+
+    data = np.zeros((12, 10, 5), dtype=np.float32)
+    data[2, 7, 3] = 500.0  # an off-centre bright voxel: any flip or transpose would move it
+    affine = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 100], [0, 0, 3.0, -20], [0, 0, 0, 1]])  # LPS-stored
+    volume = Volume(data, affine, "CT", "synthetic.nii.gz", {})
+    heat = data / 100.0
+    result = SimpleNamespace(  # the fields of inference.VolumeResult (importing it would import torch)
+        score=5.0,
+        slice_scores=heat.max(axis=(0, 1)),
+        scored=np.ones(5, dtype=bool),
+        heatmap=heat,
+        mask=(heat > 1).astype(np.uint8),
+        threshold=1.0,
+        slice_axis=volume.slice_axis,
+        preset="ct",
+        untrained_backbone=False,
+    )
+    (item,) = report.volume_overlay_slices(volume, result, [3])
+    peak = np.unravel_index(np.argmax(item.image), item.image.shape)
+    assert np.unravel_index(np.argmax(item.heat), item.heat.shape) == peak
+    assert item.mask[peak] == 1 and item.mask.sum() == 1
+    assert (item.position_mm, item.position_axis) == (pytest.approx(-11.0), "z")
+    (path,) = report.write_volume_overlays(volume, result, tmp_path, n=1)
+    assert path.name == "slice_0003.png"
+
+
+# --- sheets and JSON ----------------------------------------------------------------------------------------
+
+
+def test_write_sheet_columns_and_full_precision(tmp_path: Path) -> None:
+    rows = [
+        {"case_id": "a", "score": np.float32(0.1), "auroc": 0.123456789012345, "n": np.int64(7), "extra": 1},
+        {"case_id": "b", "score": np.float64(2 / 3), "auroc": None, "n": 3},
+    ]
+    path = report.write_sheet(rows, tmp_path / "cases.csv", columns=["case_id", "score", "auroc", "n"])
+    with path.open(newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert list(read[0]) == ["case_id", "score", "auroc", "n"]
+    assert np.float32(read[0]["score"]) == np.float32(0.1)
+    assert float(read[0]["auroc"]) == 0.123456789012345
+    assert float(read[1]["score"]) == 2 / 3
+    assert read[1]["auroc"] == ""
+    assert read[0]["n"] == "7"
+    default = report.write_sheet(rows, tmp_path / "all.csv")
+    assert default.read_text().splitlines()[0] == "case_id,score,auroc,n,extra"
+    assert _no_temp_files(tmp_path)
+
+
+def test_slice_rows_columns(tmp_path: Path, case_inputs: dict) -> None:
+    mask = np.zeros((4, 4, 30), dtype=np.uint8)
+    mask[:2, :2, 11] = 1
+    rows = report.slice_rows(
+        "c1", case_inputs["slice_scores"], case_inputs["scored"], 3.0, mask=mask, slice_axis=2
+    )
+    path = report.write_sheet(rows, tmp_path / "slices.csv", report.SLICE_COLUMNS)
+    with path.open(newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert tuple(read[0]) == report.SLICE_COLUMNS
+    assert len(read) == 30
+    assert [r["slice"] for r in read if r["flagged"] == "True"] == ["10", "11", "12"]
+    assert read[11]["mask_voxels"] == "4"
+    assert read[0]["scored"] == "False"
+    with pytest.raises(ConfigError, match="slice_axis"):
+        report.slice_rows("c1", [1.0], [True], 0.5, mask=mask)
+
+
+def test_write_xlsx(tmp_path: Path) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    path = report.write_xlsx(
+        {"cases": [{"case_id": "a", "score": np.float32(0.5)}], "summary": []}, tmp_path / "r.xlsx"
+    )
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["cases", "summary"]
+    assert [c.value for c in book["cases"][2]] == ["a", 0.5]
+    with pytest.raises(ConfigError, match="sheet name"):
+        report.write_xlsx({"a/b": []}, tmp_path / "bad.xlsx")
+
+
+def test_json_round_trip_with_numpy(tmp_path: Path) -> None:
+    obj = {
+        "f32": np.float32(0.25),
+        "i64": np.int64(3),
+        "arr": np.arange(3),
+        "b": np.bool_(True),
+        "nan": float("nan"),
+        "path": tmp_path,
+        "nested": {1: (np.float64(1.5),)},
+    }
+    path = report.write_json(obj, tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {
+        "f32": 0.25,
+        "i64": 3,
+        "arr": [0, 1, 2],
+        "b": True,
+        "nan": None,
+        "path": str(tmp_path),
+        "nested": {"1": [1.5]},
+    }
+    assert _no_temp_files(tmp_path)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- provenance ---------------------------------------------------------------------------------------------
+
+
+def test_provenance(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "b.dcm").write_bytes(b"b" * 10)
+    (series / "a.dcm").write_bytes(b"a" * 5)
+    single = tmp_path / "vol.nii.gz"
+    single.write_bytes(b"nifti")
+    meta = {"name": "demo", "adapter_sha256": "f" * 64, "untrained_backbone": True}
+    prov = report.provenance({"preset": "ct"}, meta, [single, series], {"score": 1.5})
+    assert prov["model"]["name"] == "demo"
+    assert prov["model"]["weights_sha256"] == "f" * 64
+    assert prov["model"]["untrained_backbone"] is True
+    assert prov["packages"]["numpy"] == np.__version__
+    assert set(PROVENANCE_PACKAGES) == set(prov["packages"])
+    file_rec, folder_rec = prov["inputs"]
+    assert file_rec["sha256"] == report.file_sha256(single)
+    assert (folder_rec["kind"], folder_rec["n_files"], folder_rec["n_bytes"]) == ("folder", 2, 15)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", prov["created_utc"])
+    (series / "a.dcm").write_bytes(b"a" * 6)
+    assert report.input_record(series)["sha256"] != folder_rec["sha256"]
+    round_trip = json.loads(report.write_json(prov, tmp_path / "run.json").read_text())
+    assert round_trip["timings"] == {"score": 1.5}
+    with pytest.raises(UnsupportedFormatError, match="missing"):
+        report.provenance({}, None, [tmp_path / "missing"])
+
+
+# --- HTML ---------------------------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in {"src", "href"} and value is not None:
+                self.refs.append((tag, name, value))
+
+
+def _refs(html: str) -> list[tuple[str, str, str]]:
+    parser = _Links()
+    parser.feed(html)
+    return parser.refs
+
+
+def _case_html(tmp_path: Path, case_inputs: dict, untrained: bool) -> str:
+    overlays = report.write_overlays([_slice(11), _slice(12)], tmp_path / "overlays", untrained=untrained)
+    prov = report.provenance({"preset": "ct"}, {"name": "demo", "weights_sha256": "e" * 64}, [])
+    path = report.write_case_html(
+        tmp_path / "report.html",
+        case_id="<case 1>",
+        overlays=overlays,
+        qa={"warnings": ["odd spacing"]},
+        provenance=prov,
+        metrics={"dice": 0.5},
+        untrained=untrained,
+        **case_inputs,
+    )
+    return path.read_text()
+
+
+def test_case_html_is_self_contained(tmp_path: Path, case_inputs: dict) -> None:
+    html = _case_html(tmp_path, case_inputs, untrained=False)
+    refs = _refs(html)
+    assert [tag for tag, _, _ in refs] == ["img", "img"]
+    assert all(value.startswith("data:image/png;base64,") for _, _, value in refs)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", html)
+    assert "@import" not in html and "url(" not in html
+    for section in ("summary", "top-slices", "slice-scores", "histogram", "metrics", "qa", "provenance"):
+        assert f'id="{section}"' in html
+    assert "&lt;case 1&gt;" in html and "<case 1>" not in html  # autoescaped
+    assert "odd spacing" in html and "e" * 64 in html
+    assert "10-12" in html  # flagged slices
+    assert report.UNTRAINED_BANNER not in html
+    assert _no_temp_files(tmp_path)
+
+
+def test_case_html_untrained_banner(tmp_path: Path, case_inputs: dict) -> None:
+    html = _case_html(tmp_path, case_inputs, untrained=True)
+    assert report.UNTRAINED_BANNER in html
+    assert 'id="untrained-banner"' in html
+
+
+def test_cohort_html(tmp_path: Path) -> None:
+    case_page = tmp_path / "cases" / "b" / "report.html"
+    case_page.parent.mkdir(parents=True)
+    case_page.write_text("<html></html>")
+    cases = [{"case_id": "a", "score": 1.0}, {"case_id": "b", "score": 3.0}, {"case_id": "c", "score": None}]
+    path = report.write_cohort_html(
+        tmp_path / "report.html",
+        cases=cases,
+        summary=[{"metric": "image_auroc", "value": 0.75}],
+        failures=[{"case_id": "d", "error": "DicomSeriesError: no series"}],
+        untrained=True,
+    )
+    html = path.read_text()
+    assert [value for _, name, value in _refs(html) if name == "href"] == ["cases/b/report.html"]
+    assert html.index(">b<") < html.index(">a<") < html.index(">c<")  # sorted by score, missing last
+    assert "image_auroc" in html and "DicomSeriesError: no series" in html
+    assert report.UNTRAINED_BANNER in html
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", html)
