@@ -26,7 +26,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path: The final file location; its parent folder is created if needed.
 
     Yields:
-        A temporary path in the same folder (same file system, so the final ``os.replace`` is atomic).
+        A temporary path with the target's extensions, in the same folder (same file system, so the final
+        ``os.replace`` is atomic).
 
     Raises:
         OutputError: The folder cannot be created or written.
@@ -34,7 +35,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # the temporary name keeps the target's extensions: writers such as nibabel choose the format by them
+        suffix = ".partial" + "".join(target.suffixes[-2:])
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=suffix)
     except OSError as err:
         msg = f"Cannot write {target}: {err.strerror}; choose a writable output folder (--out)."
         raise OutputError(msg) from err

@@ -14,8 +14,9 @@ def configure_logging(verbosity: int = 0) -> None:
     level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("aaclip_med")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
     logging.captureWarnings(True)
-    logging.getLogger("py.warnings").handlers[:] = [handler]
+    for name in ("aaclip_med", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False  # some dependencies configure the root logger; do not print records twice

@@ -100,16 +100,11 @@ def _frames(ds: Dataset, ref: str, warns: list[str]) -> list[_Frame]:
     enhanced = "PerFrameFunctionalGroupsSequence" in ds
     frames = []
     for f in range(n):
-        get = (
-            (lambda seq, attr, f=f: _group_value(ds, f, seq, attr))
-            if enhanced
-            else (lambda seq, attr: ds.get(attr))
-        )
-        slope = float(get("PixelValueTransformationSequence", "RescaleSlope") or 1.0)
-        intercept = float(get("PixelValueTransformationSequence", "RescaleIntercept") or 0.0)
-        ipp = get("PlanePositionSequence", "ImagePositionPatient")
-        iop = get("PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = get("PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing")
+        slope = float(_group_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope") or 1.0)
+        intercept = float(_group_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0)
+        ipp = _group_value(ds, f, "PlanePositionSequence", "ImagePositionPatient")
+        iop = _group_value(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = _group_value(ds, f, "PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing")
         if ipp is None or iop is None:
             if n > 1 and not enhanced:
                 msg = f"'{ref}' is multi-frame without per-frame positions; convert it to a series or to NIfTI."

@@ -18,8 +18,10 @@ then blanked (Type 2 attributes: present, empty), so no output of a run carries 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -63,6 +65,15 @@ _REQUIRED = (
 _REQUIRED_SINGLE_FRAME = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 
 
+@contextlib.contextmanager
+def _quiet_person_names() -> Iterator[None]:
+    """Silence highdicom's warning about one-component patient names (common in de-identified data)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        yield
+
+
+@_quiet_person_names()
 def write_dicom_seg(
     mask: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
     source_datasets: Sequence[pydicom.Dataset],
@@ -157,6 +168,7 @@ def write_dicom_seg(
     return _save(seg, path, include_phi)
 
 
+@_quiet_person_names()
 def write_parametric_map(
     heatmap: npt.NDArray[np.floating],
     source_datasets: Sequence[pydicom.Dataset],

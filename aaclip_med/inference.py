@@ -164,7 +164,7 @@ def _pick_threshold(cfg: InferenceConfig, model: AACLIP) -> float:
         return float(cfg.threshold)
     if model.threshold is not None:
         return float(model.threshold)
-    return default_threshold(len(model.spec.tap_layers))
+    return default_threshold(len(model.layout.taps))
 
 
 def _qa(

@@ -8,8 +8,6 @@ Inputs are never modified.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,8 +15,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 from pydicom.dataset import Dataset
 
+from aaclip_med._atomic import atomic_path
 from aaclip_med._typing import Affine, Array, PathLike
 from aaclip_med.dicom import discover, group_series, iter_datasets, list_series, select_series
 from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series
@@ -52,6 +52,9 @@ def guess_modality(data: Array) -> str:
 def _nifti_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
     try:
         img = nib.load(str(path))
+        if not isinstance(img, SpatialImage):
+            msg = f"'{path}' is not a NIfTI image"
+            raise TypeError(msg)
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors on corrupt files
         msg = f"'{path}' is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or re-download it."
@@ -95,7 +98,7 @@ def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
         raise UnsupportedFormatError(msg)
     dim = img.GetDimension()
     data = sitk.GetArrayFromImage(img).transpose(tuple(range(dim))[::-1])  # (z,y,x) -> (x,y,z) like nibabel
-    direction = np.asarray(img.GetDirection(), float).reshape(dim, dim)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
     lps = np.eye(4)
     n = min(dim, 3)
     lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])
@@ -239,14 +242,8 @@ def write_nifti(array: Array, path: PathLike, like: Volume) -> Path:
     img.set_sform(like.affine, code=1)
     img.header.set_xyzt_units("mm")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             nib.save(img, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     except OSError as err:
         msg = f"Cannot write '{path}' ({err.strerror}); choose a writable output folder."
         raise OutputError(msg) from err

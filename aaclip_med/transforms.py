@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, NormalizeIntensity, RepeatChannel, Resize, ScaleIntensityRange
+from monai.transforms.compose import Compose
+from monai.transforms.intensity.array import NormalizeIntensity, ScaleIntensityRange
+from monai.transforms.spatial.array import Resize
+from monai.transforms.utility.array import RepeatChannel
 
 from aaclip_med._typing import Array, Array2D
 from aaclip_med.config import ForegroundRule, ModalityPreset, WindowConfig, get_preset

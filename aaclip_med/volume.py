@@ -46,7 +46,7 @@ def _directions(affine: Affine) -> Array:
     if np.any(norms == 0):
         msg = f"Affine has a zero-length voxel axis (column norms {norms.tolist()}); fix the file's geometry."
         raise GeometryError(msg)
-    return lin / norms
+    return np.asarray(lin / norms, dtype=np.float64)
 
 
 def superior_axis(affine: Affine) -> int:

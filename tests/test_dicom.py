@@ -139,6 +139,7 @@ def test_rescale_ct_small_in_hu(testdata) -> None:
 @pytest.mark.parametrize(
     "name", ["JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm"]
 )
+@pytest.mark.filterwarnings("ignore:.*identity geometry assumed")
 def test_compressed_transfer_syntaxes(testdata, name: str) -> None:
     vol = read_volume(testdata(name))
     assert vol.data.ndim == 3 and vol.data.shape[2] == 1 and np.isfinite(vol.data).all()

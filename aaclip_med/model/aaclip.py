@@ -149,7 +149,7 @@ class AACLIP(nn.Module):
 
     def __init__(
         self,
-        clip: nn.Module,
+        clip: Any,
         spec: ModelSpec,
         tokenizer: Callable[[list[str]], torch.Tensor],
         input_size: int,

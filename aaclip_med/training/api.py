@@ -157,7 +157,9 @@ def train(
     else:
         selection = f"epoch {image_epochs}: last epoch (no validation split, or validation metrics undefined)"
         warnings.warn(f"No usable validation split: the last stage-2 epoch is kept ({selection})", stacklevel=2)
-    calib_items, calib_source = (val_items, "validation") if val_items else (train_items, "training (no validation)")
+    calib_items, calib_source = (
+        (val_items, "validation") if val_items else (train_items, "training (no validation)")
+    )
     calib = collect_validation(net, torch.utils.data.DataLoader(SliceDataset(calib_items, size), batch_size=8),
                                net.device, seed)
     threshold = choose_threshold(calib, threshold_rule)

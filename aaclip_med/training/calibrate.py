@@ -156,7 +156,8 @@ def choose_threshold(scores: ValidationScores, rule: str = "f1") -> float | None
         negatives = s[scores.pixel_normal_case & ~y]
         if negatives.size == 0:
             negatives = s[~y]
-            warnings.warn("No normal validation slice: the FPR threshold uses normal pixels of anomalous slices", stacklevel=2)
+            warnings.warn("No normal validation slice: the FPR threshold uses normal pixels of anomalous slices",
+                          stacklevel=2)
         if negatives.size == 0:
             warnings.warn("No normal pixel in the validation set: no threshold calibrated", stacklevel=2)
             return None

@@ -64,7 +64,7 @@ class SliceItem:
 
 def _check_exists(record: CaseRecord) -> None:
     if not record.image.exists():
-        raise ManifestError(f"{record.where}: image '{record.image}' does not exist; fix the path or drop the row.")
+        raise ManifestError(f"{record.where}: image '{record.image}' does not exist; fix the path or drop it.")
     if record.mask is not None and not record.mask.exists():
         raise ManifestError(f"{record.where}: mask '{record.mask}' does not exist; fix the path or drop the row.")
 
@@ -92,7 +92,7 @@ def _items_2d(record: CaseRecord, preset: str) -> list[SliceItem]:
                     raise ManifestError(msg)
                 mask_any = bool(np.any(np.asarray(msk) != 0))
     except OSError as err:
-        raise ManifestError(f"{record.where}: cannot read '{record.image}' or its mask ({err}); fix the file.") from err
+        raise ManifestError(f"{record.where}: cannot read '{record.image}' or its mask ({err}); fix it.") from err
     if record.mask is None:
         if record.label == 1:
             msg = (

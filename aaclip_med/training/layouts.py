@@ -69,7 +69,7 @@ def _label(value: str, where: str) -> int | None:
         return None
     if value in ("0", "1"):
         return int(value)
-    raise ManifestError(f"{where}: label '{value}' is not 0 or 1; write 0 (normal), 1 (anomalous) or leave it empty.")
+    raise ManifestError(f"{where}: label '{value}' is not 0 or 1; write 0 (normal), 1 (anomalous) or leave empty.")
 
 
 def _split(value: str, where: str) -> str:
@@ -178,7 +178,8 @@ def _mvtec(class_dir: Path) -> list[CaseRecord]:
     for defect in sorted(p for p in (class_dir / "test").iterdir() if p.is_dir()):
         label = int(defect.name != "good")
         for image in _files(defect):
-            mask = _find_mask([class_dir / "ground_truth" / defect.name], _stem(image), str(image)) if label else None
+            masks = [class_dir / "ground_truth" / defect.name]
+            mask = _find_mask(masks, _stem(image), str(image)) if label else None
             case = f"{class_dir.name}/{defect.name}/{image.stem}"
             records.append(CaseRecord(case, image, mask, label, None, "train", str(image)))
     return records
@@ -189,7 +190,8 @@ def _visa(class_dir: Path) -> list[CaseRecord]:
     for state, label in (("Normal", 0), ("Anomaly", 1)):
         for image in _files(class_dir / "Data" / "Images" / state):
             mask = _find_mask([class_dir / "Data" / "Masks" / state], _stem(image), str(image)) if label else None
-            records.append(CaseRecord(f"{class_dir.name}/{image.stem}", image, mask, label, None, "train", str(image)))
+            case = f"{class_dir.name}/{image.stem}"
+            records.append(CaseRecord(case, image, mask, label, None, "train", str(image)))
     return records
 
 

@@ -1,8 +1,8 @@
 """AA-CLIP training losses (spec section 4): focal, dice, the segmentation loss and the anchor orthogonality term.
 
 ``P`` is the training-time probability map (:func:`aaclip_med.model.aaclip.training_probs`): softmax of the
-upsampled ``100 * f T``, channel 0 normal, 1 abnormal. ``M`` is the binary mask, (B, 1, H, W). These follow the VAND/APRIL-GAN loss classes that the
-reference code uses, with the same constants.
+upsampled ``100 * f T``, channel 0 normal, 1 abnormal. ``M`` is the binary mask, (B, 1, H, W). These follow
+the VAND/APRIL-GAN loss classes that the reference code uses, with the same constants.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from PIL import Image
 SIZE = 96  # tiny model, patch 16 -> a 6x6 grid (the 9x9 map blur needs > 4 patches per side)
 
 
-def write_pair(folder: Path, name: str, anomalous: bool, rng: np.random.Generator, size: int = 40) -> tuple[Path, Path]:
+def write_pair(
+    folder: Path, name: str, anomalous: bool, rng: np.random.Generator, size: int = 40
+) -> tuple[Path, Path]:
     """Write a grey PNG and its mask; anomalous images get a bright square where the mask is 255."""
     img = (rng.random((size, size)) * 80 + 60).astype(np.uint8)
     mask = np.zeros((size, size), np.uint8)
@@ -42,7 +44,9 @@ def manifest_2d(tmp_path: Path) -> Path:
     return path
 
 
-def write_volume(path: Path, lesion: bool, rng: np.random.Generator, shape: tuple[int, int, int] = (32, 32, 6)) -> Path:
+def write_volume(
+    path: Path, lesion: bool, rng: np.random.Generator, shape: tuple[int, int, int] = (32, 32, 6)
+) -> Path:
     """A small 'MRI' NIfTI: a bright block in slices 2-3 when ``lesion``; returns the label-map path."""
     data = np.zeros(shape, np.float32)
     data[4:28, 4:28, :] = rng.random((24, 24, shape[2])) * 100 + 100

@@ -65,8 +65,8 @@ def test_only_adapters_change(manifest_2d: Path, tmp_path: Path) -> None:
 
 def _train(manifest: Path, out: Path, image_epochs: int, resume: bool = False) -> Path:
     return train(manifest, out, model="aaclip-tiny", backbone_weights="random", image_size=SIZE, text_epochs=1,
-                 image_epochs=image_epochs, text_batch_size=4, image_batch_size=3, precision="fp32", progress=False,
-                 resume=resume, seed=5)
+                 image_epochs=image_epochs, text_batch_size=4, image_batch_size=3, precision="fp32",
+                 progress=False, resume=resume, seed=5)
 
 
 def test_resume_equals_uninterrupted_run(manifest_2d: Path, tmp_path: Path) -> None:
