@@ -32,16 +32,46 @@ _EXPORTS: dict[str, str] = {
     "create_model": "aaclip_med.model.factory",
     "list_models": "aaclip_med.model.factory",
     "SliceOutput": "aaclip_med.model.aaclip",
+    "VolumeResult": "aaclip_med.inference",
+    "score_volume": "aaclip_med.inference",
+    "RunOutputs": "aaclip_med.pipeline",
+    "run_study": "aaclip_med.pipeline",
+    "describe_volume": "aaclip_med.io",
+    "train": "aaclip_med.training",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "MODALITY_PRESETS",
+    "AACLIPMedError",
+    "RunConfig",
+    "RunOutputs",
+    "SliceOutput",
+    "Volume",
+    "VolumeResult",
+    "__version__",
+    "create_model",
+    "describe_volume",
+    "get_preset",
+    "list_models",
+    "load_run_config",
+    "read_volume",
+    "run_study",
+    "score_volume",
+    "slice_transform",
+    "stack_slices",
+    "train",
+    "write_nifti",
+]
 
 if TYPE_CHECKING:
     from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
     from aaclip_med.errors import AACLIPMedError
-    from aaclip_med.io import read_volume, write_nifti
+    from aaclip_med.inference import VolumeResult, score_volume
+    from aaclip_med.io import describe_volume, read_volume, write_nifti
     from aaclip_med.model.aaclip import SliceOutput
     from aaclip_med.model.factory import create_model, list_models
+    from aaclip_med.pipeline import RunOutputs, run_study
+    from aaclip_med.training import train
     from aaclip_med.transforms import slice_transform
     from aaclip_med.volume import Volume, stack_slices
 

@@ -100,47 +100,163 @@ def _run_config(config: Path | None, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **top, **sections)
 
 
+# Options shared by `run` and `batch` (one definition each, flags map one-to-one onto RunConfig fields).
+InputArg = Annotated[
+    Path, typer.Argument(metavar="INPUT", help="DICOM (file, folder, DICOMDIR, zip), NIfTI, NRRD, MHA.")
+]
+ConfigOpt = Annotated[Path | None, typer.Option(help="Run config TOML (e.g. pipelines/liver_ct.toml).")]
+ModelOpt = Annotated[str | None, typer.Option(help="Model name (see `aaclip-med weights list`).")]
+AdapterOpt = Annotated[str | None, typer.Option(help="Adapters: .safetensors or a reference checkpoint dir.")]
+BackboneOpt = Annotated[str | None, typer.Option(help="'openai', a CLIP weights file, or 'random' (untrained).")]
+PresetOpt = Annotated[
+    str | None, typer.Option(help="brain_mri, liver_ct, ct, mri, reference (default: by modality).")
+]
+ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16.")]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
+SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
+ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
+PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
 @app.command()
 @_user_errors
 def run(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="DICOM file/folder/DICOMDIR/zip, NIfTI, NRRD, MHA.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: reports/<input name>].")] = None,
-    config: Annotated[Path | None, typer.Option(help="Run config TOML (e.g. pipelines/liver_ct.toml).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (aaclip-med weights list).")] = None,
-    adapter_weights: Annotated[str | None, typer.Option(help="Adapters: .safetensors or a reference checkpoint dir.")] = None,
-    backbone_weights: Annotated[str | None, typer.Option(help="'openai', a CLIP file, or 'random' (untrained).")] = None,
-    preset: Annotated[str | None, typer.Option(help="brain_mri, liver_ct, ct, mri or reference [default: from modality].")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Mask threshold in raw map units [default: checkpoint's].")] = None,
+    input_path: InputArg,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default reports/NAME).")] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    adapter_weights: AdapterOpt = None,
+    backbone_weights: BackboneOpt = None,
+    preset: PresetOpt = None,
+    threshold: ThresholdOpt = None,
     series: Annotated[str | None, typer.Option(help="DICOM series: UID, number or description.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")] = None,
-    image_size: Annotated[int | None, typer.Option(min=32, help="Model input size override.")] = None,
-    min_component_mm3: Annotated[float | None, typer.Option(min=0, help="Drop mask components below this size.")] = None,
-    include_phi: Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchOpt = None,
+    image_size: SizeOpt = None,
+    min_component_mm3: ComponentOpt = None,
+    include_phi: PhiOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a study slice by slice and write the heatmap, mask, DICOM SEG, overlays, sheets and report."""
     from aaclip_med.pipeline import run_study
 
-    cfg = _run_config(config, {
-        "preset": preset, "inference.model": model, "inference.adapter_weights": adapter_weights,
-        "inference.backbone_weights": backbone_weights, "inference.threshold": threshold,
-        "inference.device": device, "inference.precision": precision, "inference.batch_size": batch_size,
-        "inference.image_size": image_size, "inference.min_component_mm3": min_component_mm3,
-        "inference.progress": False if no_progress else None,
-        "export.include_phi": True if include_phi else None,
-    })
+    cfg = _run_config(
+        config,
+        {
+            "preset": preset,
+            "inference.model": model,
+            "inference.adapter_weights": adapter_weights,
+            "inference.backbone_weights": backbone_weights,
+            "inference.threshold": threshold,
+            "inference.device": device,
+            "inference.precision": precision,
+            "inference.batch_size": batch_size,
+            "inference.image_size": image_size,
+            "inference.min_component_mm3": min_component_mm3,
+            "inference.progress": False if no_progress else None,
+            "export.include_phi": True if include_phi else None,
+        },
+    )
     outputs = run_study(input_path, out, config=cfg, series=series)
     res = outputs.result
     if res.untrained_backbone:
-        typer.secho("note: untrained/demo model — outputs show the pipeline, not clinical accuracy",
-                    fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"volume score {res.score:.4g} (threshold {res.threshold:.4g}); "
-               f"{int(res.flagged.sum())}/{int(res.scored.sum())} scored slices flagged")
+        typer.secho(
+            "note: untrained/demo model — outputs show the pipeline, not clinical accuracy",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(
+        f"volume score {res.score:.4g} (threshold {res.threshold:.4g}); "
+        f"{int(res.flagged.sum())}/{int(res.scored.sum())} scored slices flagged"
+    )
     typer.echo(f"outputs: {outputs.out_dir}")
     if "report" in outputs.files:
         typer.echo(f"report:  {outputs.files['report']}")
+
+
+@app.command()
+@_user_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
+    model: Annotated[str, typer.Option(help="Model name (see `aaclip-med weights list`).")] = "aaclip-vitl14-336",
+    backbone_weights: BackboneOpt = None,
+    image_size: SizeOpt = None,
+    text_epochs: Annotated[int, typer.Option(min=0, help="Stage 1 epochs (text adapter).")] = 5,
+    image_epochs: Annotated[int, typer.Option(min=0, help="Stage 2 epochs (image adapter).")] = 20,
+    text_batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    image_batch_size: Annotated[int, typer.Option(min=1)] = 2,
+    text_lr: Annotated[float, typer.Option(min=0)] = 1e-5,
+    image_lr: Annotated[float, typer.Option(min=0)] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seeds data order, augmentation and a random backbone.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUT.")] = False,
+    preset: PresetOpt = None,
+    vv_axis: Annotated[str, typer.Option(help="Stage-1 V-V axis: tokens (intended), batch (reference).")] = "tokens",
+    threshold_rule: Annotated[str, typer.Option(help="Threshold on validation: f1, youden or fpr:0.05.")] = "f1",
+    stage1_levels: Annotated[str, typer.Option(help="Stage-1 loss levels: last (reference) or all.")] = "last",
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train both AA-CLIP stages on your labelled images or volumes; writes OUT/adapters.safetensors."""
+    from aaclip_med.training import train as train_adapters
+
+    path = train_adapters(
+        data, out, model=model, backbone_weights=backbone_weights, image_size=image_size,
+        text_epochs=text_epochs, image_epochs=image_epochs, text_batch_size=text_batch_size,
+        image_batch_size=image_batch_size, text_lr=text_lr, image_lr=image_lr, seed=seed, device=device,
+        precision=precision, resume=resume, progress=not no_progress, preset=preset, vv_axis=vv_axis,
+        threshold_rule=threshold_rule, stage1_levels=stage1_levels,
+    )  # fmt: skip
+    typer.echo(f"adapters: {path}")
+    typer.echo(f"use them: aaclip-med run STUDY --model {model} --adapter-weights {path}")
+
+
+weights_app = typer.Typer(help="List models, import backbone weights for offline use, verify adapter files.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+@_user_errors
+def weights_list() -> None:
+    """List the registered models and where their weights come from."""
+    from aaclip_med.model.factory import MODEL_REGISTRY
+
+    for name, spec in MODEL_REGISTRY.items():
+        typer.echo(f"{name:<20} {spec.arch} (default weights: {spec.default_backbone}); {spec.description}")
+
+
+@weights_app.command("import")
+@_user_errors
+def weights_import(
+    file: Annotated[Path, typer.Argument(help="A CLIP weights file (e.g. ViT-L-14-336px.pt from OpenAI).")],
+) -> None:
+    """Copy a backbone weights file into the offline weights folder ($AACLIP_MED_WEIGHTS_DIR)."""
+    from aaclip_med.model.weights import import_backbone_file
+
+    dest, digest = import_backbone_file(file)
+    typer.echo(f"imported {dest} (sha256 {digest})")
+
+
+@weights_app.command("verify")
+@_user_errors
+def weights_verify(
+    adapters: Annotated[str, typer.Argument(help="Adapter .safetensors, or a reference checkpoint folder.")],
+    model: Annotated[str, typer.Option(help="Model the adapters are for.")] = "aaclip-vitl14-336",
+) -> None:
+    """Check an adapter checkpoint's keys and shapes against a model and print its metadata."""
+    from aaclip_med.model.factory import create_model
+    from aaclip_med.model.weights import check_adapter_state, read_adapters
+
+    ckpt = read_adapters(adapters)
+    expected = {k: v.shape for k, v in create_model(model, backbone_weights="random").adapter_state().items()}
+    check_adapter_state(expected, ckpt.state, ckpt.source)
+    typer.echo(json.dumps({"source": ckpt.source, "sha256": ckpt.sha256, "metadata": ckpt.metadata}, indent=2))
+    typer.echo(f"ok: {len(ckpt.state)} tensors fit {model}")
 
 
 def main() -> None:  # pragma: no cover - console entry point used by ``python -m aaclip_med``

@@ -31,7 +31,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from aaclip_med import __version__
-from aaclip_med._atomic import atomic_path
+from aaclip_med._files import atomic_path
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
 

@@ -18,7 +18,7 @@ import numpy as np
 from nibabel.spatialimages import SpatialImage
 from pydicom.dataset import Dataset
 
-from aaclip_med._atomic import atomic_path
+from aaclip_med._files import atomic_path
 from aaclip_med._typing import Affine, Array, PathLike
 from aaclip_med.dicom import discover, group_series, iter_datasets, list_series, select_series
 from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series

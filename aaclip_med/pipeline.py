@@ -196,26 +196,50 @@ def _export(
     write_nifti(result.mask, tmp / files["mask"], like=volume)
     if volume.meta.get("format") == "dicom" and (exp.dicom_seg or exp.parametric_map):
         files.update(_dicom_outputs(tmp, volume, result, cfg))
-    positions = [report.slice_position_mm(volume.affine, volume.shape, result.slice_axis, k)[0]
-                 for k in range(volume.n_slices)]
-    rows = report.slice_rows(case_id, result.slice_scores, result.scored, result.threshold,
-                             positions_mm=positions, mask=result.mask, slice_axis=result.slice_axis)
+    positions = [
+        report.slice_position_mm(volume.affine, volume.shape, result.slice_axis, k)[0]
+        for k in range(volume.n_slices)
+    ]
+    rows = report.slice_rows(
+        case_id,
+        result.slice_scores,
+        result.scored,
+        result.threshold,
+        positions_mm=positions,
+        mask=result.mask,
+        slice_axis=result.slice_axis,
+    )
     files["slices"] = "slices.csv"
     report.write_sheet(rows, tmp / files["slices"], columns=list(report.SLICE_COLUMNS))
-    overlays = report.write_volume_overlays(volume, result, tmp / "overlays", n=exp.overlays) if exp.overlays else []
+    overlays = []
+    if exp.overlays:
+        overlays = report.write_volume_overlays(volume, result, tmp / "overlays", n=exp.overlays)
     files["qa"] = "qa.json"
     report.write_json(result.qa, tmp / files["qa"])
-    extra = {"case_id": case_id, "score": result.score, "threshold": result.threshold,
-             "n_flagged": int(result.flagged.sum()), "untrained_backbone": result.untrained_backbone}
+    extra = {
+        "case_id": case_id,
+        "score": result.score,
+        "threshold": result.threshold,
+        "n_flagged": int(result.flagged.sum()),
+        "untrained_backbone": result.untrained_backbone,
+    }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
     prov = report.provenance(cfg, model.metadata(), [volume.source], timings, extra=extra)
     if exp.html:
         files["report"] = "report.html"
         report.write_case_html(
-            tmp / files["report"], case_id=case_id, overlays=overlays, slice_scores=result.slice_scores,
-            scored=result.scored, threshold=result.threshold, score=result.score, qa=result.qa,
-            provenance=prov, untrained=result.untrained_backbone, preset=result.preset,
+            tmp / files["report"],
+            case_id=case_id,
+            overlays=overlays,
+            slice_scores=result.slice_scores,
+            scored=result.scored,
+            threshold=result.threshold,
+            score=result.score,
+            qa=result.qa,
+            provenance=prov,
+            untrained=result.untrained_backbone,
+            preset=result.preset,
         )
     files["run"] = MARKER
     report.write_json(prov, tmp / MARKER)  # last: its presence marks a complete folder
@@ -231,10 +255,16 @@ def _dicom_outputs(tmp: Path, volume: Volume, result: VolumeResult, cfg: RunConf
     out: dict[str, str] = {}
     if cfg.export.dicom_seg:
         out["seg"] = "seg.dcm"
-        write_dicom_seg(result.mask, sources, tmp / out["seg"], algorithm_version=__version__,
-                        include_phi=cfg.export.include_phi)
+        write_dicom_seg(
+            result.mask,
+            sources,
+            tmp / out["seg"],
+            algorithm_version=__version__,
+            include_phi=cfg.export.include_phi,
+        )
     if cfg.export.parametric_map:
         out["parametric_map"] = "heatmap_pm.dcm"
-        write_parametric_map(result.heatmap, sources, tmp / out["parametric_map"],
-                             include_phi=cfg.export.include_phi)
+        write_parametric_map(
+            result.heatmap, sources, tmp / out["parametric_map"], include_phi=cfg.export.include_phi
+        )
     return out

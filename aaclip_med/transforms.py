@@ -40,12 +40,15 @@ logger = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _RELATIVE_TOP_PERCENTILE = 99.5  # robust top of the range for relative foreground thresholds
+_FILL_SHARE = 0.2  # one exact value on over 20 % of voxels is a background fill, not tissue
 
 
 def foreground_mask(data: Array, rule: ForegroundRule) -> Array:
     """Boolean mask of foreground voxels; thresholds are computed over the whole array given.
 
-    ``absolute``: ``data > threshold``. ``relative``: ``data > vmin + threshold * (p99.5 - vmin)``.
+    ``absolute``: ``data > threshold``. ``relative``: when one value fills over 20 % of the array (the zero
+    background of skull-stripped or z-scored MRI, whose brain voxels can be negative), every other value is
+    foreground; otherwise ``data > vmin + threshold * (p99.5 - vmin)`` (air is the dark end of raw MRI).
 
     Example:
         >>> foreground_mask(np.array([-1000.0, 40.0]), ForegroundRule("absolute", -500.0)).tolist()
@@ -57,11 +60,25 @@ def foreground_mask(data: Array, rule: ForegroundRule) -> Array:
     if rule.mode == "relative":
         if arr.size == 0:
             return np.zeros(arr.shape, bool)
+        fill = _fill_value(arr)
+        if fill is not None:
+            return arr != fill
         vmin = float(arr.min())
         top = float(np.percentile(arr, _RELATIVE_TOP_PERCENTILE))
         return arr > vmin + rule.threshold * (top - vmin)
     msg = f"Unknown foreground mode '{rule.mode}'; use 'absolute' or 'relative'."
     raise ConfigError(msg)
+
+
+def _fill_value(arr: Array) -> float | None:
+    """The value that fills over :data:`_FILL_SHARE` of the array (a background constant), if any."""
+    sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]  # ~1e6 voxels are plenty to find a fill value
+    values, counts = np.unique(sample, return_counts=True)
+    order = np.argsort(counts)[::-1]
+    top = counts[order[0]]
+    runner_up = counts[order[1]] if counts.size > 1 else 0
+    dominant = top > _FILL_SHARE * sample.size and top > 2 * runner_up  # a fill, not a tie of few values
+    return float(values[order[0]]) if dominant else None
 
 
 def _constant(shape: tuple[int, ...], why: str) -> Array2D:

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from aaclip_med import report
+from aaclip_med._files import atomic_path, sha256_file
 from aaclip_med.errors import ConfigError, GeometryError, UnsupportedFormatError
-from aaclip_med._atomic import atomic_path
 from aaclip_med.report.run_json import PROVENANCE_PACKAGES
 
 
@@ -257,7 +257,7 @@ def test_provenance(tmp_path: Path) -> None:
     assert prov["packages"]["numpy"] == np.__version__
     assert set(PROVENANCE_PACKAGES) == set(prov["packages"])
     file_rec, folder_rec = prov["inputs"]
-    assert file_rec["sha256"] == report.file_sha256(single)
+    assert file_rec["sha256"] == sha256_file(single)
     assert (folder_rec["kind"], folder_rec["n_files"], folder_rec["n_bytes"]) == ("folder", 2, 15)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", prov["created_utc"])
     (series / "a.dcm").write_bytes(b"a" * 6)

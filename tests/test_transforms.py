@@ -82,3 +82,12 @@ def test_no_warning_on_normal_slice() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         slice_transform("ct", 24)(np.random.default_rng(1).normal(0, 100, (30, 30)).astype(np.float32))
+
+
+def test_relative_foreground_uses_fill_value_of_zscored_mri() -> None:
+    """Z-scored brain MRI: zero background, about half of the brain negative; all of the brain is foreground."""
+    rng = np.random.default_rng(0)
+    data = np.zeros((20, 20, 10), np.float32)
+    data[5:15, 5:15, 2:8] = rng.normal(0.0, 1.0, (10, 10, 6)).astype(np.float32)
+    fg = foreground_mask(data, ForegroundRule())
+    np.testing.assert_array_equal(fg, data != 0)

@@ -8,12 +8,12 @@ folder named by ``AACLIP_MED_WEIGHTS_DIR`` that holds such a file. Adapter check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from typing import Any, TypeAlias
 
 import torch
 
+from aaclip_med._files import atomic_path, sha256_file
 from aaclip_med.errors import WeightsError
 
 __all__ = [
@@ -31,10 +32,12 @@ __all__ = [
     "apply_backbone_state",
     "check_adapter_state",
     "fingerprint",
+    "import_backbone_file",
     "load_backbone_state",
     "read_adapters",
     "resolve_backbone_file",
     "sha256_file",
+    "weights_dir",
     "write_adapters",
 ]
 
@@ -44,15 +47,6 @@ WEIGHTS_DIR_ENV = "AACLIP_MED_WEIGHTS_DIR"
 METADATA_KEY = "aaclip_med"
 _SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 AdapterSource: TypeAlias = "str | os.PathLike[str] | tuple[str | os.PathLike[str], str | os.PathLike[str]]"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint(state_dict: Mapping[str, torch.Tensor]) -> list[float]:
@@ -106,14 +100,13 @@ def resolve_backbone_file(arch: str, weights: str, local_names: tuple[str, ...] 
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise WeightsError(_how_to(arch, f"'{weights}' is neither a file nor a pretrained tag; tags: {known}"))
     cache_dir = os.environ.get(WEIGHTS_DIR_ENV) or None
-    if cache_dir:
-        url_name = cfg.get("url", "").rsplit("/", 1)[-1] or None
-        names = [*local_names, *([url_name] if url_name else []), *(f"{arch}-{weights}{s}" for s in _SUFFIXES)]
-        for name in names:
-            candidate = Path(cache_dir) / name
-            if candidate.is_file():
-                logger.info("Backbone weights from %s: %s", WEIGHTS_DIR_ENV, candidate)
-                return candidate
+    url_name = cfg.get("url", "").rsplit("/", 1)[-1] or None
+    names = [*local_names, *([url_name] if url_name else []), *(f"{arch}-{weights}{s}" for s in _SUFFIXES)]
+    for name in names:
+        candidate = weights_dir() / name
+        if candidate.is_file():
+            logger.info("Backbone weights from %s: %s", weights_dir(), candidate)
+            return candidate
     try:
         target = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as err:  # network, hub and file-system errors all mean "not available"
@@ -121,6 +114,31 @@ def resolve_backbone_file(arch: str, weights: str, local_names: tuple[str, ...] 
     if not target:
         raise WeightsError(_how_to(arch, f"tag '{weights}' has no download source"))
     return Path(target)
+
+
+def weights_dir() -> Path:
+    """The offline weights folder: ``$AACLIP_MED_WEIGHTS_DIR``, else ``~/.cache/aaclip-med/weights``."""
+    return Path(os.environ.get(WEIGHTS_DIR_ENV) or Path.home() / ".cache" / "aaclip-med" / "weights")
+
+
+def import_backbone_file(file: str | os.PathLike[str], trust_pickle: bool = False) -> tuple[Path, str]:
+    """Check that ``file`` loads as backbone weights, then copy it into :func:`weights_dir` under its own name.
+
+    Returns:
+        The copied path and its sha256.
+
+    Raises:
+        WeightsError: the file is missing or does not load as CLIP weights.
+    """
+    src = Path(file).expanduser()
+    if not src.is_file():
+        msg = f"{src}: no such weights file. Check the path (e.g. the OpenAI ViT-L-14-336px.pt)."
+        raise WeightsError(msg)
+    load_backbone_state(src, trust_pickle)
+    dest = weights_dir() / src.name
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest, sha256_file(dest)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -231,11 +249,9 @@ def write_adapters(
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
     return path
 
 

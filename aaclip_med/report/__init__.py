@@ -24,7 +24,7 @@ from aaclip_med.report.overlays import (
     write_overlays,
     write_volume_overlays,
 )
-from aaclip_med.report.run_json import file_sha256, input_record, package_versions, provenance
+from aaclip_med.report.run_json import input_record, package_versions, provenance
 from aaclip_med.report.sheets import SLICE_COLUMNS, slice_rows, to_jsonable, write_json, write_sheet, write_xlsx
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "UNTRAINED_BANNER",
     "UNTRAINED_CAPTION",
     "OverlaySlice",
-    "file_sha256",
     "input_record",
     "package_versions",
     "png_data_uri",

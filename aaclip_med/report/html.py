@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
-from aaclip_med._atomic import atomic_path
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
 from aaclip_med.report.sheets import _columns, to_jsonable
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
 
+from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.config import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError, GeometryError
-from aaclip_med._atomic import atomic_path
 
 if TYPE_CHECKING:
     from aaclip_med.inference import VolumeResult

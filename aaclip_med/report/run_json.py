@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aaclip_med._files import sha256_file
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import UnsupportedFormatError
 
-__all__ = ["PROVENANCE_PACKAGES", "file_sha256", "input_record", "package_versions", "provenance"]
+__all__ = ["PROVENANCE_PACKAGES", "input_record", "package_versions", "provenance"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +38,7 @@ PROVENANCE_PACKAGES: tuple[str, ...] = (
     "SimpleITK",
     "highdicom",
 )
-_CHUNK = 1 << 20
 _WEIGHTS_HASH_KEYS = ("weights_sha256", "adapter_sha256", "sha256")
-
-
-def file_sha256(path: PathLike) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks (any size, constant memory).
-
-    Args:
-        path: The file.
-
-    Returns:
-        The 64-character hex digest.
-    """
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def input_record(path: PathLike) -> dict[str, Any]:
@@ -79,7 +63,7 @@ def input_record(path: PathLike) -> dict[str, Any]:
             "kind": "file",
             "n_files": 1,
             "n_bytes": source.stat().st_size,
-            "sha256": file_sha256(source),
+            "sha256": sha256_file(source),
         }
     if not source.is_dir():
         msg = f"Input {path} does not exist; cannot hash it for run.json. Check the path."
@@ -87,7 +71,7 @@ def input_record(path: PathLike) -> dict[str, Any]:
     files = sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: p.relative_to(source).as_posix())
     combined = hashlib.sha256()
     for file in files:
-        combined.update(f"{file.relative_to(source).as_posix()}\0{file_sha256(file)}\n".encode())
+        combined.update(f"{file.relative_to(source).as_posix()}\0{sha256_file(file)}\n".encode())
     return {
         "path": str(path),
         "kind": "folder",

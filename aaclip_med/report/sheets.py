@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.errors import ConfigError
-from aaclip_med._atomic import atomic_path
 
 __all__ = ["SLICE_COLUMNS", "slice_rows", "to_jsonable", "write_json", "write_sheet", "write_xlsx"]
 

@@ -1,4 +1,6 @@
-"""Atomic file writes: write to a temporary sibling, then ``os.replace`` it onto the target.
+"""File helpers shared by every layer: atomic writes and streamed sha256.
+
+Atomic writes: write to a temporary sibling, then ``os.replace`` it onto the target.
 
 A reader (or a resumed batch run that skips finished cases) never sees a half-written report file, and a failed
 write leaves no temporary file behind.
@@ -7,6 +9,7 @@ write leaves no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +18,9 @@ from pathlib import Path
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import OutputError
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "sha256_file"]
+
+_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
@@ -49,3 +54,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: PathLike) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks (any size, constant memory)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,331 @@
+"""Cohort inputs: :class:`Case` records from a manifest CSV or from a folder, and nnU-Net style sharding.
+
+Manifest (DESIGN §0): ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; an optional
+``series`` column selects a DICOM series). Relative paths are taken from the manifest's folder.
+
+Folder discovery (:func:`discover`) walks the folder recursively in sorted order (hidden entries skipped):
+
+- every ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha`` or ``.mhd`` file is one case;
+- every DICOM image series is one case, its files grouped by SeriesInstanceUID across sub-folders (the case's
+  image is the deepest folder holding all its files, with the series UID as selector when that folder holds
+  several series); non-image objects (SEG, SR, RTSTRUCT, ...) are set aside;
+- mask files are never cases: a volume file is a mask when its name holds ``seg``, ``mask`` or ``label``, or
+  when it sits in a folder named ``labels``, ``labelsTr``, ``labelsTs``, ``masks`` or ``segmentations``.
+  A mask is paired with an image when both are in the same folder (or the image folder is the matching
+  ``images*`` sibling of the mask folder) and the mask's name, less the mask words, equals the image's name or
+  the image's name less its last ``_``/``-`` part (a modality or channel suffix such as ``_flair`` or
+  ``_0000``), or when that folder holds a single image. Unpaired masks are skipped (logged at debug level).
+
+Case ids are the image names (``case_name``); when two names clash, the path relative to the folder is used
+(``/`` becomes ``__``). For other layouts write a manifest (see ``datasets/prepare_*.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aaclip_med.errors import ManifestError, did_you_mean
+
+__all__ = ["MANIFEST_COLUMNS", "Case", "discover", "is_mask_name", "load_cases", "read_manifest", "shard"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("case_id", "image", "mask", "label", "preset", "split", "series")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_NOT_DICOM_SUFFIXES = (
+    ".csv", ".json", ".txt", ".md", ".html", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".raw", ".py",
+    ".pdf", ".xml", ".yaml", ".yml", ".toml", ".gz", ".zip", ".npz", ".npy", ".pth", ".safetensors",
+)
+MASK_WORDS = ("seg", "mask", "label")
+MASK_FOLDERS = {"labels", "labelstr", "labelsts", "masks", "segmentations"}
+_SPLIT = re.compile(r"[_\-. ]+")
+_BAD_ID = re.compile(r"[/\\\x00]")
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One study of a cohort.
+
+    Attributes:
+        case_id: Unique id; names the output folder ``cases/<case_id>/``.
+        image: Anything :func:`~aaclip_med.io.read_volume` reads.
+        mask: Reference label map on the image grid (> 0 = anomaly), or None.
+        label: Volume label 0/1 from the manifest, or None (then ``mask.any()`` when a mask is given).
+        preset: Modality preset name, or None for the run's preset / the modality default.
+        split: Free-text split (``train``, ``valid``, ``test``), copied into the sheets.
+        series: DICOM series selector (UID, number or description), or None.
+        where: Where the case came from (``manifest.csv line 3``), for messages.
+    """
+
+    case_id: str
+    image: Path
+    mask: Path | None = None
+    label: int | None = None
+    preset: str | None = None
+    split: str | None = None
+    series: str | None = None
+    where: str = ""
+
+
+def _label(value: str, where: str) -> int | None:
+    if value == "":
+        return None
+    if value in ("0", "1"):
+        return int(value)
+    raise ManifestError(f"{where}: label '{value}' is not 0 or 1; write 0 (normal), 1 (anomalous) or leave empty.")
+
+
+def _preset(value: str, where: str) -> str | None:
+    from aaclip_med.config import MODALITY_PRESETS
+
+    if value == "":
+        return None
+    if value not in MODALITY_PRESETS:
+        msg = (
+            f"{where}: preset '{value}' is not known; {did_you_mean(value, MODALITY_PRESETS)}"
+            f"use one of {', '.join(MODALITY_PRESETS)} or leave empty."
+        )
+        raise ManifestError(msg)
+    return value
+
+
+def check_case_id(case_id: str, where: str) -> str:
+    """Return ``case_id`` when it can name a folder.
+
+    Raises:
+        ManifestError: It is empty, ``.``/``..``, starts with a dot or holds a path separator.
+    """
+    if not case_id or case_id in (".", "..") or case_id.startswith(".") or _BAD_ID.search(case_id):
+        msg = f"{where}: case_id '{case_id}' cannot name a folder; use letters, digits, '_' or '-' (no '/', no leading '.')."
+        raise ManifestError(msg)
+    return case_id
+
+
+def _header(path: Path, fieldnames: Sequence[str] | None) -> tuple[list[str], str]:
+    columns = [c.strip() for c in fieldnames or []]
+    if not columns:
+        raise ManifestError(f"Manifest '{path}' is empty; write a header line case_id,image,mask,label,preset,split.")
+    known = (*MANIFEST_COLUMNS, "path")
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        msg = (
+            f"Manifest '{path}': unknown column '{unknown[0]}'; {did_you_mean(unknown[0], known)}"
+            f"allowed: {', '.join(MANIFEST_COLUMNS)} (path = alias of image). Rename or drop it."
+        )
+        raise ManifestError(msg)
+    if ("image" in columns) == ("path" in columns):
+        raise ManifestError(f"Manifest '{path}': needs exactly one of the columns 'image' or 'path' (header: {columns}).")
+    if "case_id" not in columns:
+        raise ManifestError(f"Manifest '{path}': the case_id column is missing (header: {columns}); add it.")
+    return columns, "image" if "image" in columns else "path"
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
+    """Read a cohort manifest CSV.
+
+    Args:
+        path: The CSV file.
+        check_files: Fail when an image or mask path does not exist.
+
+    Returns:
+        One case per row, in file order.
+
+    Raises:
+        ManifestError: Missing file, bad header, empty image, bad label or preset, bad or duplicate case_id, missing
+            image/mask file, no rows.
+
+    Example:
+        >>> cases = read_manifest("datasets/brats/manifest.csv")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest '{path}' does not exist; pass an existing CSV file or a data folder.")
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        _, image_col = _header(path, reader.fieldnames)
+        for n, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            where = f"{path.name} line {n}"
+            if not any(row.values()):
+                continue
+            case_id = check_case_id(row.get("case_id", ""), where)
+            if case_id in seen:
+                raise ManifestError(f"{where}: case_id '{case_id}' repeats {seen[case_id]}; case ids must be unique.")
+            seen[case_id] = where
+            if not row.get(image_col):
+                raise ManifestError(f"{where}: the {image_col} column is empty; give the image of case '{case_id}'.")
+            image = path.parent / row[image_col]
+            mask = path.parent / row["mask"] if row.get("mask") else None
+            for kind, p in (("image", image), ("mask", mask)):
+                if check_files and p is not None and not p.exists():
+                    raise ManifestError(f"{where}: {kind} '{p}' does not exist; fix the path (relative to {path.parent}).")
+            cases.append(Case(case_id, image, mask, _label(row.get("label", ""), where),
+                              _preset(row.get("preset", ""), where), row.get("split") or None,
+                              row.get("series") or None, where))
+    if not cases:
+        raise ManifestError(f"Manifest '{path}' has a header but no rows; add one row per study.")
+    return cases
+
+
+def is_mask_name(path: Path) -> bool:
+    """Whether a volume file is a mask by the discovery rule (name word or mask folder)."""
+    name = path.name.lower()
+    return any(w in name for w in MASK_WORDS) or path.parent.name.lower() in MASK_FOLDERS
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (*VOLUME_SUFFIXES, ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _tokens(path: Path, drop_mask_words: bool = False) -> tuple[str, ...]:
+    parts = [t for t in _SPLIT.split(_stem(path).lower()) if t]
+    if drop_mask_words:
+        parts = [t for t in parts if not any(t.startswith(w) for w in MASK_WORDS)]
+    return tuple(parts)
+
+
+def _image_folders(mask_dir: Path) -> list[Path]:
+    if mask_dir.name.lower() not in MASK_FOLDERS:
+        return [mask_dir]
+    suffix = mask_dir.name[len("labels"):] if mask_dir.name.lower().startswith("labels") else ""
+    return [mask_dir, mask_dir.parent / f"images{suffix}", mask_dir.parent / "images", mask_dir.parent]
+
+
+def _pair_masks(images: list[Path], masks: list[Path]) -> dict[Path, Path]:
+    by_folder: dict[Path, list[Path]] = {}
+    for image in images:
+        by_folder.setdefault(image.parent, []).append(image)
+    pairs: dict[Path, Path] = {}
+    for mask in masks:
+        key = _tokens(mask, drop_mask_words=True)
+        hit = False
+        for folder in _image_folders(mask.parent):
+            members = by_folder.get(folder, [])
+            for image in members:
+                tokens = _tokens(image)
+                if len(members) == 1 or key in (tokens, tokens[:-1]):
+                    pairs.setdefault(image, mask)
+                    hit = True
+            if hit:
+                break
+        if not hit:
+            logger.debug("mask %s matches no image; skipped", mask)
+    return pairs
+
+
+def _dicom_cases(files: list[Path], root: Path) -> list[tuple[Path, str | None, str]]:
+    """(image folder, series selector or None, name) per DICOM image series among ``files``."""
+    from aaclip_med.dicom import Header, group_series, try_read_dataset
+
+    headers = [Header(str(f), ds) for f in files if (ds := try_read_dataset(str(f), header_only=True)) is not None]
+    series, skipped = group_series([h for h in headers if "DirectoryRecordSequence" not in h.ds])
+    for why in skipped:
+        logger.debug("not a case: %s", why)
+    folders = {}
+    for s in series:
+        parents = [Path(h.ref).parent for h in s.headers]
+        common = Path(*Path(parents[0]).parts[: min(len(p.parts) for p in parents)])
+        while not all(common == p or common in p.parents for p in parents):
+            common = common.parent
+        folders[s.uid] = common
+    out = []
+    for s in series:
+        folder = folders[s.uid]
+        shared = sum(1 for f in folders.values() if f == folder or folder in f.parents)
+        selector = s.uid if shared > 1 else None
+        name = folder.name if folder != root else root.name
+        out.append((folder, selector, name if selector is None else f"{name}_s{s.number if s.number is not None else s.uid}"))
+    return out
+
+
+def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
+    """Find the studies of a folder by the rules of the module docstring.
+
+    Args:
+        folder: The data folder.
+        exclude: Folders to leave out (e.g. the output folder when it lies inside).
+
+    Returns:
+        Cases sorted by case id.
+
+    Raises:
+        ManifestError: The folder does not exist or holds no study.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ManifestError(f"'{root}' is neither a manifest CSV nor a folder; check the path.")
+    skip = [Path(p).resolve() for p in exclude]
+    volumes, masks, others = [], [], []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if any(s == path.resolve() or s in path.resolve().parents for s in skip):
+            continue
+        lower = path.name.lower()
+        if lower.endswith(VOLUME_SUFFIXES):
+            (masks if is_mask_name(path) else volumes).append(path)
+        elif not lower.endswith(_NOT_DICOM_SUFFIXES) and lower != "dicomdir":
+            others.append(path)
+    pairs = _pair_masks(volumes, masks)
+    found: list[tuple[str, str, Path, Path | None, str | None]] = []  # name, relative name, image, mask, series
+    for image in volumes:
+        rel = image.relative_to(root)
+        found.append((_stem(image), "__".join((*rel.parts[:-1], _stem(image))), image, pairs.get(image), None))
+    for image_dir, selector, name in _dicom_cases(others, root) if others else []:
+        rel = image_dir.relative_to(root).parts
+        found.append((name, "__".join((*rel[:-1], name)) if rel else name, image_dir, None, selector))
+    counts: dict[str, int] = {}
+    for name, *_ in found:
+        counts[name] = counts.get(name, 0) + 1
+    cases = [
+        Case(check_case_id(name if counts[name] == 1 else rel, str(image)), image, mask, None, None, None, series,
+             str(image))
+        for name, rel, image, mask, series in found
+    ]
+    if not cases:
+        msg = f"Folder '{root}' holds no NIfTI/NRRD/MHA file or DICOM series; pass a data folder or a manifest CSV."
+        raise ManifestError(msg)
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ManifestError(f"Folder '{root}': two studies get the case id '{dup}'; write a manifest CSV instead.")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def load_cases(source: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
+    """Cases of a manifest CSV (a ``.csv`` file) or of a data folder (:func:`discover`)."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return read_manifest(path)
+    if path.is_file():
+        return [Case(check_case_id(_stem(path), str(path)), path, where=str(path))]
+    return discover(path, exclude=exclude)
+
+
+def shard(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[Case]:
+    """The cases of one part (nnU-Net ``--num-parts/--part-id``): sorted by id, case i goes to part i % N.
+
+    Raises:
+        ManifestError: ``num_parts < 1`` or ``part_id`` outside ``[0, num_parts)``.
+
+    Example:
+        >>> [c.case_id for c in shard([Case(i, Path(i)) for i in "cba"], 2, 0)]
+        ['a', 'c']
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        msg = f"num_parts={num_parts}, part_id={part_id} is invalid; use num_parts >= 1 and 0 <= part_id < num_parts."
+        raise ManifestError(msg)
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    return [c for i, c in enumerate(ordered) if i % num_parts == part_id]

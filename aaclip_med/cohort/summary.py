@@ -1,0 +1,181 @@
+"""Cohort sheets from finished case folders: ``cases.csv``, ``summary.csv``, ``failures.csv``, ``report.html``.
+
+Everything is read back from ``cases/<case_id>/`` (``run.json``, ``slices.csv``, ``heatmap.nii.gz``,
+``mask.nii.gz``), so the sheets are the same however the cases were computed (in-process, on N workers, in
+shards, across resumed runs). Cases are visited in case-id order, one at a time: pixel metrics go through a
+:class:`~aaclip_med.metrics.PixelAccumulator` per preset, so memory does not grow with the cohort.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aaclip_med.cohort.manifest import Case
+from aaclip_med.errors import AACLIPMedError
+
+__all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
+
+logger = logging.getLogger(__name__)
+
+CASE_SHEET_COLUMNS = ("case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds")
+FAILURE_COLUMNS = ("case_id", "image", "error", "message")
+MARKER = "run.json"
+
+
+@dataclass
+class CohortSheets:
+    """The rows of the cohort sheets, as written."""
+
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    provenance_model: dict[str, Any] = field(default_factory=dict)
+    untrained: bool = False
+
+
+def case_record(case_dir: Path) -> dict[str, Any]:
+    """The finished case's ``run.json`` (empty when the case is not finished)."""
+    path = case_dir / MARKER
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _slice_table(case_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    with (case_dir / "slices.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    scores = np.array([float(r["score"]) for r in rows], dtype=np.float64)
+    scored = np.array([r["scored"] == "True" for r in rows], dtype=bool)
+    return scores, scored
+
+
+def _read_array(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@dataclass
+class _Group:
+    """Accumulated evaluation state of one preset."""
+
+    pixels: Any = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    volume_labels: list[float] = field(default_factory=list)
+    volume_scores: list[float] = field(default_factory=list)
+    image_labels: list[np.ndarray] = field(default_factory=list)
+    image_scores: list[np.ndarray] = field(default_factory=list)
+
+
+def _metrics(case: Case, case_dir: Path, record: Mapping[str, Any], group: _Group) -> dict[str, Any]:
+    """Per-case metric columns; feeds the group's accumulators."""
+    from aaclip_med import metrics
+    from aaclip_med.io import read_volume
+
+    score, threshold = float(record["score"]), float(record["threshold"])
+    if case.mask is None:
+        if case.label is not None:
+            group.volume_labels.append(float(case.label))
+            group.volume_scores.append(score)
+        return {}
+    reasons: list[str] = []
+    heatmap = _read_array(case_dir / "heatmap.nii.gz")
+    ref = read_volume(case.mask).data > 0
+    if ref.shape != heatmap.shape:
+        why = f"mask {case.mask} has shape {ref.shape}, the image {heatmap.shape}; resample the mask onto the image grid"
+        logger.warning("%s: %s", case.case_id, why)
+        return {"reasons": why}
+    qa = json.loads((case_dir / "qa.json").read_text(encoding="utf-8"))
+    axis = int(qa["slice_axis"])
+    spacing = qa.get("spacing_mm")
+    if group.pixels is None:
+        group.pixels = metrics.PixelAccumulator(threshold=threshold)
+    group.pixels.update(heatmap, ref, slice_axis=axis)
+    row = metrics.case_row(case.case_id, score=score, label=case.label, heatmap=heatmap, mask=ref,
+                           threshold=threshold, pred_mask=_read_array(case_dir / "mask.nii.gz") > 0,
+                           spacing=spacing, slice_axis=axis, reasons=reasons)
+    group.rows.append(row)
+    group.volume_labels.append(row["label"])
+    group.volume_scores.append(score)
+    slice_scores, _ = _slice_table(case_dir)
+    other = tuple(a for a in range(3) if a != axis)
+    group.image_labels.append(ref.any(axis=other).astype(np.float64))
+    group.image_scores.append(slice_scores)
+    return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
+
+
+def _summary(groups: Mapping[str, _Group]) -> list[dict[str, Any]]:
+    from aaclip_med import metrics
+
+    results = {}
+    for name, g in groups.items():
+        if not g.volume_scores:
+            continue
+        reasons: list[str] = []
+        results[name] = metrics.evaluate_set(
+            image_labels=np.concatenate(g.image_labels) if g.image_labels else None,
+            image_scores=np.concatenate(g.image_scores) if g.image_scores else None,
+            volume_labels=g.volume_labels,
+            volume_scores=g.volume_scores,
+            pixels=g.pixels,
+            cases=g.rows,
+            reasons=reasons,
+        )
+    return metrics.summary_rows(results, group_column="preset") if results else []
+
+
+def _seconds(record: Mapping[str, Any]) -> float:
+    return float(sum(v for v in record.get("timings", {}).values() if isinstance(v, int | float)))
+
+
+def assemble(cases: Sequence[Case], cases_dir: Path, failures: Mapping[str, Mapping[str, str]]) -> CohortSheets:
+    """Build the cohort rows from the case folders.
+
+    Args:
+        cases: Every case of the cohort (or of one part).
+        cases_dir: ``OUT/cases``.
+        failures: Case id -> ``{"error", "message"}`` for cases that failed in this run.
+
+    Returns:
+        The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
+    """
+    sheets = CohortSheets()
+    groups: dict[str, _Group] = {}
+    for case in sorted(cases, key=lambda c: c.case_id):
+        base = {"case_id": case.case_id, "label": case.label, "preset": case.preset, "split": case.split}
+        record = case_record(cases_dir / case.case_id)
+        if not record:
+            fail = failures.get(case.case_id, {"error": "NotRun", "message": "no finished output folder"})
+            sheets.cases.append({**base, "status": "failed" if case.case_id in failures else "missing"})
+            sheets.failures.append({"case_id": case.case_id, "image": str(case.image), **fail})
+            continue
+        preset = str(record.get("config", {}).get("preset") or case.preset or "")
+        row = {**base, "status": "done", "score": float(record["score"]), "threshold": float(record["threshold"]),
+               "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
+        try:
+            row.update(_metrics(case, cases_dir / case.case_id, record, groups.setdefault(preset, _Group())))
+        except AACLIPMedError as err:
+            row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
+            logger.warning("%s: %s", case.case_id, row["reasons"])
+        sheets.cases.append(row)
+        if not sheets.provenance_model:
+            sheets.provenance_model = dict(record.get("model", {}))
+            sheets.untrained = bool(sheets.provenance_model.get("untrained_backbone", False))
+    sheets.summary = _summary(groups)
+    return sheets
+
+
+def case_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``cases.csv`` columns: the fixed ones, then metric columns present in any row."""
+    from aaclip_med.metrics import CASE_COLUMNS
+
+    extra = [c for c in CASE_COLUMNS if c not in CASE_SHEET_COLUMNS and any(c in r for r in rows)]
+    return [*CASE_SHEET_COLUMNS, *extra]
