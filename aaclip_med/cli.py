@@ -197,7 +197,7 @@ def train(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUT.")] = False,
     preset: PresetOpt = None,
-    vv_axis: Annotated[str, typer.Option(help="Stage-1 V-V axis: tokens (intended), batch (reference).")] = "tokens",
+    vv_axis: Annotated[str, typer.Option(help="Stage-1 V-V axis: tokens (intended), batch (ref.).")] = "tokens",
     threshold_rule: Annotated[str, typer.Option(help="Threshold on validation: f1, youden or fpr:0.05.")] = "f1",
     stage1_levels: Annotated[str, typer.Option(help="Stage-1 loss levels: last (reference) or all.")] = "last",
     no_progress: NoProgressOpt = False,

@@ -128,13 +128,13 @@ def score_volume(
         [m if m is not None else np.zeros(shapes, np.float32) for m in maps], like=volume, axis=axis
     ).astype(np.float32, copy=False)
 
-    threshold = _pick_threshold(cfg, model)
+    threshold, threshold_source = _pick_threshold(cfg, model, preset_obj.name)
     mask = threshold_map(heatmap, threshold) & fg.astype(np.uint8)
     if cfg.min_component_mm3 > 0:
         mask = remove_small_components(mask, volume.spacing, cfg.min_component_mm3)
     scored = np.zeros(n, dtype=bool)
     scored[todo] = True
-    qa = _qa(volume, preset_obj, scored, threshold, cfg, model)
+    qa = _qa(volume, preset_obj, scored, threshold, threshold_source)
     return VolumeResult(
         score=aggregate_volume_score(slice_scores, scored, method=cfg.volume_score, k=cfg.topk),
         slice_scores=slice_scores,
@@ -159,12 +159,19 @@ def _slice_shapes(volume: Volume, axis: int) -> tuple[int, ...]:
     return tuple(volume.get_slice(0, axis).shape)
 
 
-def _pick_threshold(cfg: InferenceConfig, model: AACLIP) -> float:
+def _pick_threshold(cfg: InferenceConfig, model: AACLIP, preset: str) -> tuple[float, str]:
+    """The user's threshold, else the checkpoint's when calibrated for this preset, else the default."""
     if cfg.threshold is not None:
-        return float(cfg.threshold)
+        return float(cfg.threshold), "flag"
     if model.threshold is not None:
-        return float(model.threshold)
-    return default_threshold(len(model.layout.taps))
+        if not model.threshold_presets or preset in model.threshold_presets:
+            return float(model.threshold), "checkpoint"
+        logger.warning(
+            "the checkpoint's threshold was calibrated for %s, not %s: using the default %.3g instead "
+            "(pass --threshold to choose one)",
+            ", ".join(model.threshold_presets), preset, default_threshold(len(model.layout.taps)),
+        )
+    return default_threshold(len(model.layout.taps)), "default"
 
 
 def _qa(
@@ -172,11 +179,9 @@ def _qa(
     preset: ModalityPreset,
     scored: np.ndarray,
     threshold: float,
-    cfg: InferenceConfig,
-    model: AACLIP,
+    source: str,
 ) -> dict[str, Any]:
     data = volume.data
-    source = "flag" if cfg.threshold is not None else ("checkpoint" if model.threshold is not None else "default")
     return {
         "orientation": volume.orientation,
         "display_orientation": "radiological (anterior up, patient right on image left)",

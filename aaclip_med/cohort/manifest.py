@@ -31,7 +31,16 @@ from pathlib import Path
 
 from aaclip_med.errors import ManifestError, did_you_mean
 
-__all__ = ["MANIFEST_COLUMNS", "Case", "discover", "is_mask_name", "load_cases", "read_manifest", "shard"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "Case",
+    "discover",
+    "is_mask_name",
+    "load_cases",
+    "read_manifest",
+    "shard",
+    "write_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +110,8 @@ def check_case_id(case_id: str, where: str) -> str:
         ManifestError: It is empty, ``.``/``..``, starts with a dot or holds a path separator.
     """
     if not case_id or case_id in (".", "..") or case_id.startswith(".") or _BAD_ID.search(case_id):
-        msg = f"{where}: case_id '{case_id}' cannot name a folder; use letters, digits, '_' or '-' (no '/', no leading '.')."
+        msg = (f"{where}: case_id '{case_id}' cannot name a folder; use letters, digits, '_' or '-' "
+               "(no '/', no leading '.').")
         raise ManifestError(msg)
     return case_id
 
@@ -109,7 +119,8 @@ def check_case_id(case_id: str, where: str) -> str:
 def _header(path: Path, fieldnames: Sequence[str] | None) -> tuple[list[str], str]:
     columns = [c.strip() for c in fieldnames or []]
     if not columns:
-        raise ManifestError(f"Manifest '{path}' is empty; write a header line case_id,image,mask,label,preset,split.")
+        msg = f"Manifest '{path}' is empty; write a header line case_id,image,mask,label,preset,split."
+        raise ManifestError(msg)
     known = (*MANIFEST_COLUMNS, "path")
     unknown = [c for c in columns if c not in known]
     if unknown:
@@ -119,7 +130,8 @@ def _header(path: Path, fieldnames: Sequence[str] | None) -> tuple[list[str], st
         )
         raise ManifestError(msg)
     if ("image" in columns) == ("path" in columns):
-        raise ManifestError(f"Manifest '{path}': needs exactly one of the columns 'image' or 'path' (header: {columns}).")
+        msg = f"Manifest '{path}': needs exactly one of the columns 'image' or 'path' (header: {columns})."
+        raise ManifestError(msg)
     if "case_id" not in columns:
         raise ManifestError(f"Manifest '{path}': the case_id column is missing (header: {columns}); add it.")
     return columns, "image" if "image" in columns else "path"
@@ -136,8 +148,8 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
         One case per row, in file order.
 
     Raises:
-        ManifestError: Missing file, bad header, empty image, bad label or preset, bad or duplicate case_id, missing
-            image/mask file, no rows.
+        ManifestError: Missing file, bad header, empty image, bad label or preset, bad or duplicate case_id,
+            missing image/mask file, no rows.
 
     Example:
         >>> cases = read_manifest("datasets/brats/manifest.csv")  # doctest: +SKIP
@@ -157,21 +169,52 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
                 continue
             case_id = check_case_id(row.get("case_id", ""), where)
             if case_id in seen:
-                raise ManifestError(f"{where}: case_id '{case_id}' repeats {seen[case_id]}; case ids must be unique.")
+                msg = f"{where}: case_id '{case_id}' repeats {seen[case_id]}; case ids must be unique."
+                raise ManifestError(msg)
             seen[case_id] = where
             if not row.get(image_col):
-                raise ManifestError(f"{where}: the {image_col} column is empty; give the image of case '{case_id}'.")
+                msg = f"{where}: the {image_col} column is empty; give the image of case '{case_id}'."
+                raise ManifestError(msg)
             image = path.parent / row[image_col]
             mask = path.parent / row["mask"] if row.get("mask") else None
             for kind, p in (("image", image), ("mask", mask)):
                 if check_files and p is not None and not p.exists():
-                    raise ManifestError(f"{where}: {kind} '{p}' does not exist; fix the path (relative to {path.parent}).")
+                    msg = f"{where}: {kind} '{p}' does not exist; fix the path (relative to {path.parent})."
+                    raise ManifestError(msg)
             cases.append(Case(case_id, image, mask, _label(row.get("label", ""), where),
                               _preset(row.get("preset", ""), where), row.get("split") or None,
                               row.get("series") or None, where))
     if not cases:
         raise ManifestError(f"Manifest '{path}' has a header but no rows; add one row per study.")
     return cases
+
+
+def write_manifest(cases: Sequence[Case], path: str | Path) -> Path:
+    """Write cases as a manifest CSV, paths relative to its folder (the ``series`` column only when used).
+
+    Raises:
+        ManifestError: Two cases share a case id.
+    """
+    import os
+
+    from aaclip_med.report import write_sheet
+
+    path = Path(path)
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ManifestError(f"write_manifest: case_id '{dup}' repeats; case ids must be unique.")
+
+    def rel(p: Path | None) -> str:
+        return "" if p is None else Path(os.path.relpath(Path(p).resolve(), path.parent.resolve())).as_posix()
+
+    rows = [
+        {"case_id": c.case_id, "image": rel(c.image), "mask": rel(c.mask), "label": c.label,
+         "preset": c.preset, "split": c.split, "series": c.series}
+        for c in cases
+    ]
+    columns = [k for k in MANIFEST_COLUMNS if k != "series" or any(c.series for c in cases)]
+    return write_sheet(rows, path, columns=columns)
 
 
 def is_mask_name(path: Path) -> bool:
@@ -245,7 +288,8 @@ def _dicom_cases(files: list[Path], root: Path) -> list[tuple[Path, str | None, 
         shared = sum(1 for f in folders.values() if f == folder or folder in f.parents)
         selector = s.uid if shared > 1 else None
         name = folder.name if folder != root else root.name
-        out.append((folder, selector, name if selector is None else f"{name}_s{s.number if s.number is not None else s.uid}"))
+        tag = s.number if s.number is not None else s.uid
+        out.append((folder, selector, name if selector is None else f"{name}_s{tag}"))
     return out
 
 
@@ -295,7 +339,7 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
         for name, rel, image, mask, series in found
     ]
     if not cases:
-        msg = f"Folder '{root}' holds no NIfTI/NRRD/MHA file or DICOM series; pass a data folder or a manifest CSV."
+        msg = f"Folder '{root}' holds no NIfTI/NRRD/MHA file or DICOM series; pass a data folder or a manifest."
         raise ManifestError(msg)
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
@@ -325,7 +369,7 @@ def shard(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[C
         ['a', 'c']
     """
     if num_parts < 1 or not 0 <= part_id < num_parts:
-        msg = f"num_parts={num_parts}, part_id={part_id} is invalid; use num_parts >= 1 and 0 <= part_id < num_parts."
+        msg = f"num_parts={num_parts}, part_id={part_id} is invalid; use num_parts >= 1, 0 <= part_id < num_parts."
         raise ManifestError(msg)
     ordered = sorted(cases, key=lambda c: c.case_id)
     return [c for i, c in enumerate(ordered) if i % num_parts == part_id]

@@ -25,7 +25,9 @@ __all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", 
 
 logger = logging.getLogger(__name__)
 
-CASE_SHEET_COLUMNS = ("case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds")
+CASE_SHEET_COLUMNS = (
+    "case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds",
+)
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
 MARKER = "run.json"
 
@@ -90,7 +92,7 @@ def _metrics(case: Case, case_dir: Path, record: Mapping[str, Any], group: _Grou
     heatmap = _read_array(case_dir / "heatmap.nii.gz")
     ref = read_volume(case.mask).data > 0
     if ref.shape != heatmap.shape:
-        why = f"mask {case.mask} has shape {ref.shape}, the image {heatmap.shape}; resample the mask onto the image grid"
+        why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
         logger.warning("%s: %s", case.case_id, why)
         return {"reasons": why}
     qa = json.loads((case_dir / "qa.json").read_text(encoding="utf-8"))

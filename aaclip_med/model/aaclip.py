@@ -34,6 +34,7 @@ __all__ = [
     "derive_layout",
     "gaussian_blur",
     "level_anomaly_maps",
+    "sdpa_block",
     "training_probs",
 ]
 
@@ -84,6 +85,21 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     x = F.pad(x, (left, right, left, right), mode="reflect")
     x = F.conv2d(x, weights.view(1, 1, 1, kernel).expand(channels, 1, 1, kernel), groups=channels)
     return F.conv2d(x, weights.view(1, 1, kernel, 1).expand(channels, 1, kernel, 1), groups=channels)
+
+
+def sdpa_block(block: Any, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip ``ResidualAttentionBlock`` (batch-first, self-attention, no mask) through fused SDPA.
+
+    Same maths and weights as ``block(x)``; ``nn.MultiheadAttention`` runs a slower unfused path on CPU
+    (about 25% of a ViT-L block at 1370 tokens, benchmarks/README.md).
+    """
+    attn = block.attn
+    batch, tokens, width = x.shape
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))  # type: ignore[no-any-return]
 
 
 def _similarity_grid(tokens: torch.Tensor, anchors: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -145,6 +161,7 @@ class AACLIP(nn.Module):
         input_size: Square input size in pixels.
         untrained_backbone: True when the backbone was randomly initialised on purpose.
         threshold: Calibrated threshold from the adapter checkpoint (raw map units), or None.
+        threshold_presets: Presets that threshold was calibrated on; empty when unknown.
     """
 
     def __init__(
@@ -165,6 +182,7 @@ class AACLIP(nn.Module):
         self.backbone_info = backbone_info
         self.untrained_backbone = backbone_info["source"] == "random"
         self.threshold: float | None = None
+        self.threshold_presets: tuple[str, ...] = ()  # presets the threshold was calibrated on (empty: any)
         self.adapter_info: dict[str, Any] = {"source": None}
         self.lam_text, self.lam_image = spec.lam_text, spec.lam_image
         visual = self.clip.visual
@@ -254,7 +272,7 @@ class AACLIP(nn.Module):
         x = self._embed(x)
         taps = []
         for i, block in enumerate(self.clip.visual.transformer.resblocks):
-            x = block(x)
+            x = sdpa_block(block, x)
             if i < self.layout.image_adapt_until:
                 x = residual_blend(x, self.image_adapter.layer_adapters[i](x), self.lam_image)
             if i + 1 in self.layout.taps:
@@ -334,6 +352,8 @@ class AACLIP(nn.Module):
             "model": self.spec.name,
             "backbone": dict(self.backbone_info),
             "backbone_status": "untrained backbone" if self.untrained_backbone else "pretrained backbone",
+            "untrained_backbone": self.untrained_backbone,
+            "adapter_sha256": self.adapter_info.get("sha256"),
             "input_size": self.input_size,
             "taps": list(self.layout.taps),
             "image_adapt_until": self.layout.image_adapt_until,
@@ -370,6 +390,7 @@ class AACLIP(nn.Module):
         if ckpt.metadata is not None:
             check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
             self.threshold = ckpt.metadata.get("threshold")
+            self.threshold_presets = tuple(ckpt.metadata.get("presets") or ())
         else:
             logger.info("%s has no metadata (reference checkpoint): backbone identity not checked", ckpt.source)
         with torch.no_grad():

@@ -30,7 +30,8 @@ def test_taps_equal_open_clip_intermediates_when_lambda_zero(tiny: AACLIP) -> No
     for ours, patches, prefix in zip(
         taps, ref["image_intermediates"], ref["image_intermediates_prefix"], strict=True
     ):
-        torch.testing.assert_close(ours, torch.cat([prefix, patches], dim=1), rtol=0, atol=0)
+        # fused SDPA attention (aaclip.sdpa_block) vs open_clip's nn.MultiheadAttention: float rounding only
+        torch.testing.assert_close(ours, torch.cat([prefix, patches], dim=1), rtol=0, atol=1e-5)
 
 
 def test_adapters_change_taps(tiny: AACLIP) -> None:
