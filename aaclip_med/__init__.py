@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "run_study": "aaclip_med.pipeline",
     "describe_volume": "aaclip_med.io",
     "train": "aaclip_med.training",
+    "run_cohort": "aaclip_med.cohort",
 }
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "list_models",
     "load_run_config",
     "read_volume",
+    "run_cohort",
     "run_study",
     "score_volume",
     "slice_transform",
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from aaclip_med.cohort import run_cohort
     from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
     from aaclip_med.errors import AACLIPMedError
     from aaclip_med.inference import VolumeResult, score_volume

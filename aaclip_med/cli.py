@@ -180,6 +180,49 @@ def run(
 
 @app.command()
 @_user_errors
+def batch(
+    source: Annotated[Path, typer.Argument(metavar="MANIFEST_OR_FOLDER", help="Manifest CSV or a data folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort output folder.")],
+    config: ConfigOpt = None,
+    preset: Annotated[str | None, typer.Option(help="Preset for cases without one in the manifest.")] = None,
+    model: ModelOpt = None,
+    backbone_weights: BackboneOpt = None,
+    adapter_weights: AdapterOpt = None,
+    threshold: ThresholdOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchOpt = None,
+    image_size: SizeOpt = None,
+    resume: Annotated[bool, typer.Option("--continue", help="Skip finished cases (with run.json).")] = False,
+    num_parts: Annotated[int, typer.Option(min=1, help="Split the cohort into N parts (sorted ids, i % N).")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, help="The part this call computes (0-based).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Dask LocalCluster worker processes (0: in-process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler tcp://HOST:PORT.")] = None,
+    include_phi: PhiOpt = False,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Score every study of a manifest or folder into OUT/cases/<case_id>/ plus cohort sheets and report."""
+    from aaclip_med.cohort import run_cohort
+
+    cfg = _run_config(config, {
+        "preset": preset, "inference.model": model, "inference.backbone_weights": backbone_weights,
+        "inference.adapter_weights": adapter_weights, "inference.threshold": threshold,
+        "inference.device": device, "inference.precision": precision, "inference.batch_size": batch_size,
+        "inference.image_size": image_size, "inference.progress": False,
+        "export.include_phi": True if include_phi else None,
+    })  # fmt: skip
+    res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
+                     workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
+    typer.echo(f"{res.n_done} cases scored, {res.n_skipped} already finished, {res.n_failed} failed")
+    if res.n_failed:
+        typer.secho(f"failures: {res.files['failures']}", fg=typer.colors.YELLOW, err=True)
+    if num_parts > 1:
+        typer.echo(f"part {part_id} of {num_parts} done; assemble: a final `batch --continue` (no --num-parts)")
+    typer.echo(f"outputs: {out}")
+
+
+@app.command()
+@_user_errors
 def train(
     data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],

@@ -19,6 +19,7 @@ then blanked (Type 2 attributes: present, empty), so no output of a run carries 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,9 @@ _EQUIPMENT = hd.ContributingEquipment(
     software_versions=_SOFTWARE,
 )
 _PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDsSequence")
+# Type 2 attributes (may be empty, must be present) that highdicom copies from the sources into the new object.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
 _MAX_LO = 64  # LO value representation: SegmentLabel, AlgorithmName, AlgorithmVersion
 # Attributes highdicom needs on every source image; geometry of enhanced images lives in functional groups.
 _REQUIRED = (
@@ -125,7 +129,7 @@ def write_dicom_seg(
         if not value or len(value) > _MAX_LO:
             msg = f"{name} {value!r} must be 1-{_MAX_LO} characters (DICOM LO); shorten it."
             raise OutputError(msg)
-    sources = list(source_datasets)
+    sources = _with_type2(source_datasets)
     frames = _frames_in_source_order((np.asarray(mask) != 0).astype(np.uint8), sources, "mask")
     if omit_empty_frames and not frames.any():
         logger.info("mask is empty; writing all %d (empty) frames to keep the SEG valid", len(frames))
@@ -198,7 +202,7 @@ def write_parametric_map(
         GeometryError: If the heatmap's shape does not match the source images, or it holds NaN/inf.
         OutputError: If highdicom refuses the inputs or the file cannot be written.
     """
-    sources = list(source_datasets)
+    sources = _with_type2(source_datasets)
     frames = _frames_in_source_order(np.asarray(heatmap, dtype=np.float32), sources, "heatmap")
     if not np.isfinite(frames).all():
         msg = "Heatmap holds NaN or infinite values; a Parametric Map needs finite values (check the model)."
@@ -301,6 +305,23 @@ def _k_of_frames(ds: pydicom.Dataset) -> npt.NDArray[np.intp]:
     ranks = np.empty_like(order)
     ranks[order] = np.arange(order.size)
     return ranks
+
+
+def _with_type2(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The sources, with the Type 2 patient/study attributes highdicom copies added empty where absent.
+
+    Real exports often omit e.g. PatientSex; a copy gets the empty element so the input datasets stay
+    untouched.
+    """
+    out = []
+    for ds in datasets:
+        missing = [kw for kw in _TYPE2_COPIED if kw not in ds]
+        if missing:
+            ds = copy.deepcopy(ds)  # a shallow copy would share (and edit) the element dict
+            for kw in missing:
+                setattr(ds, kw, "")
+        out.append(ds)
+    return out
 
 
 def _check_attributes(sources: list[pydicom.Dataset]) -> None:

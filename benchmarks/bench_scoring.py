@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -58,7 +59,7 @@ PRESET = "brain_mri"
 FULL_MODEL, TINY_MODEL = "aaclip-vitl14-336", "aaclip-tiny"
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -108,7 +109,7 @@ def reference_maps(model: AACLIP, x: torch.Tensor, anchors: torch.Tensor | None 
 
 
 def _per_slice(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, device: torch.device) -> dict:
-    fn(x[:batch])  # warm-up (allocator, oneDNN primitive cache, anchor cache where used)
+    fn(x[: min(batch, 2)])  # warm-up (allocator, primitive caches, anchor cache where used)
     times, outs = [], []
     for start in range(0, len(x), batch):
         sec, out = _timed(lambda s=start: fn(x[s : s + batch]), device)
@@ -117,7 +118,7 @@ def _per_slice(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, d
     return {"s_per_slice": sum(times) / len(x), "n": len(x), "batch": batch, "batch_s": times, "_maps": outs}
 
 
-# ---- 1. per-slice speed and 5. accuracy ------------------------------------------------------------------------
+# ---- 1. per-slice speed and 5. accuracy --------------------------------------------------------------------
 def bench_per_slice(model: AACLIP, n_ref: int, n_fast: int, batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Baseline, ablation steps and default path on the same random slices; accuracy of the fast maps."""
     dev, size = model.device, model.input_size
@@ -147,8 +148,13 @@ def bench_per_slice(model: AACLIP, n_ref: int, n_fast: int, batch: int) -> tuple
 def _agreement(a: torch.Tensor, b: torch.Tensor, what: str) -> dict[str, Any]:
     a64, b64 = a.double().flatten(), b.double().flatten()
     r = float(torch.corrcoef(torch.stack([a64, b64]))[0, 1])
-    return {"compared": what, "n_slices": int(a.shape[0]), "max_abs_diff": float((a64 - b64).abs().max()),
-            "map_range": float(b64.max() - b64.min()), "pearson_r": r}
+    return {
+        "compared": what,
+        "n_slices": int(a.shape[0]),
+        "max_abs_diff": float((a64 - b64).abs().max()),
+        "map_range": float(b64.max() - b64.min()),
+        "pearson_r": r,
+    }
 
 
 def bench_precision_guard(name: str, device: str, n: int, precision: str) -> dict[str, Any]:
@@ -162,7 +168,7 @@ def bench_precision_guard(name: str, device: str, n: int, precision: str) -> dic
     return out
 
 
-# ---- 2. peak and FLOPs -------------------------------------------------------------------------------------------
+# ---- 2. peak and FLOPs -------------------------------------------------------------------------------------
 def matmul_peak(dtype: torch.dtype, device: torch.device, max_n: int, budget_s: float) -> dict[str, Any]:
     """Best GFLOP/s of square ``torch.mm`` / ``F.linear`` up to ``max_n``, skipping sizes over the time budget."""
     best: dict[str, Any] = {"gflops": 0.0}
@@ -170,7 +176,9 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, max_n: int, budget_s: 
     while n <= max_n:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        for op, fn in (("mm", lambda: a @ b), ("linear", lambda: torch.nn.functional.linear(a, b))):
+        ops = (("mm", torch.mm), ("linear", torch.nn.functional.linear))
+        for op, mat in ops:
+            fn = functools.partial(mat, a, b)
             sec, _ = _timed(fn, device)  # warm-up doubles as the cost estimate
             reps = max(1, min(5, int(budget_s / max(sec, 1e-9))))
             sec = min(_timed(fn, device)[0] for _ in range(reps))
@@ -195,26 +203,52 @@ def analytic_flops(model: AACLIP) -> dict[str, float]:
     dense = 2 * n * (4 * width * width + 2 * width * mlp)
     attention = 2 * 2 * n * n * width
     patch = 2 * rows * cols * 3 * vis.patch_size[0] * vis.patch_size[1] * width
-    embed = vis.proj.shape[1]
-    adapters = sum(2 * n * p.numel() for p in model.image_adapter.parameters() if p.dim() == 2)
-    heads = 2 * n * width * embed * (len(model.layout.taps) + 1)
-    total = layers * (dense + attention) + patch + adapters + heads
-    return {"tokens": n, "blocks": layers, "per_block_dense": dense, "per_block_attention": attention,
-            "per_slice": total, "attention_fraction": layers * attention / total}
+    adapters = sum(2 * n * p.numel() for p in model.image_adapter.parameters() if p.dim() == 2)  # + seg/det
+    total = layers * (dense + attention) + patch + adapters
+    return {
+        "tokens": n,
+        "blocks": layers,
+        "per_block_dense": dense,
+        "per_block_attention": attention,
+        "per_slice": total,
+        "attention_fraction": layers * attention / total,
+    }
 
 
 def counted_flops(model: AACLIP) -> float:
-    """FLOPs of one slice counted by ``FlopCounterMode`` on the plain (MHA) forward."""
+    """FLOPs of one slice by ``FlopCounterMode`` on the fused forward, plus the analytic attention FLOPs.
+
+    The counter sees the linear layers and the patch convolution but not the CPU flash-attention op (nor
+    ``nn.MultiheadAttention``'s native fast path), so ``blocks x per_block_attention`` is added.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     x = _slices(1, model.input_size).to(model.device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), _plain_blocks(), counter:
+    with torch.no_grad(), counter:
         model.encode_levels(x)
-    return float(counter.get_total_flops())
+    ana = analytic_flops(model)
+    attention_counted = model.device.type == "cuda"  # the CUDA SDPA kernels are registered
+    return float(counter.get_total_flops()) + (
+        0 if attention_counted else ana["blocks"] * ana["per_block_attention"]
+    )
 
 
-# ---- profile -----------------------------------------------------------------------------------------------------
+def block_precision_probe(model: AACLIP) -> dict[str, Any]:
+    """Seconds of one fused vision block at batch 1 in fp32 and under bf16 autocast (why ``auto`` picks)."""
+    block = model.clip.visual.transformer.resblocks[0]
+    x = torch.randn(1, analytic_flops(model)["tokens"], block.attn.embed_dim, device=model.device)
+    out: dict[str, Any] = {}
+    for label, dtype in (("fp32", None), ("bf16_autocast", torch.bfloat16)):
+        ctx = torch.autocast(model.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            aaclip_mod.sdpa_block(block, x)
+            out[f"{label}_s"] = _timed(lambda: aaclip_mod.sdpa_block(block, x), model.device)[0]
+    out["bf16_over_fp32"] = out["bf16_autocast_s"] / out["fp32_s"]
+    return out
+
+
+# ---- profile -----------------------------------------------------------------------------------------------
 def profile_batch(model: AACLIP, batch: int, top: int = 10) -> list[dict[str, Any]]:
     """Top ops by self time for one default batch."""
     from torch.profiler import ProfilerActivity, profile
@@ -226,11 +260,18 @@ def profile_batch(model: AACLIP, batch: int, top: int = 10) -> list[dict[str, An
         _sync(model.device)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "fraction": e.self_cpu_time_total / total,
-             "calls": e.count} for e in events[:top]]
+    return [
+        {
+            "op": e.key,
+            "self_s": e.self_cpu_time_total / 1e6,
+            "fraction": e.self_cpu_time_total / total,
+            "calls": e.count,
+        }
+        for e in events[:top]
+    ]
 
 
-# ---- 3. end to end and memory ------------------------------------------------------------------------------------
+# ---- 3. end to end and memory ------------------------------------------------------------------------------
 def brain_volume(folder: Path, n_slices: int = 155, scored: int | None = None) -> tuple[Path, str]:
     """The real BraTS FLAIR (240x240x155) when present, else a synthetic volume of the same shape.
 
@@ -265,8 +306,13 @@ def run_end_to_end(model: AACLIP, volume: Path, folder: Path, batch: int) -> dic
     total = time.perf_counter() - t0
     timings = {k: float(v) for k, v in json.loads((out.out_dir / "run.json").read_text())["timings"].items()}
     timings["export_s"] = total - sum(timings.values())  # run.json is written before export ends
-    return {"model": model.spec.name, "total_s": total, "n_slices": int(out.volume.n_slices),
-            "n_scored": int(out.result.scored.sum()), **timings}
+    return {
+        "model": model.spec.name,
+        "total_s": total,
+        "n_slices": int(out.volume.n_slices),
+        "n_scored": int(out.result.scored.sum()),
+        **timings,
+    }
 
 
 def rss_child(name: str, n_slices: int, scored: int | None, batch: int) -> None:
@@ -279,11 +325,24 @@ def rss_child(name: str, n_slices: int, scored: int | None, batch: int) -> None:
         model = _build(name, "cpu")
         rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         t0 = time.perf_counter()
-        res = score_volume(model, read_volume(path), PRESET, config=InferenceConfig(batch_size=batch), progress=False)
+        res = score_volume(
+            model, read_volume(path), PRESET, config=InferenceConfig(batch_size=batch), progress=False
+        )
         sec = time.perf_counter() - t0
-    print(json.dumps({"model": name, "volume": what, "n_slices": n_slices, "n_scored": int(res.scored.sum()),
-                      "batch": batch, "score_s": sec, "peak_rss_after_build_gib": rss_model,
-                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    print(
+        json.dumps(
+            {
+                "model": name,
+                "volume": what,
+                "n_slices": n_slices,
+                "n_scored": int(res.scored.sum()),
+                "batch": batch,
+                "score_s": sec,
+                "peak_rss_after_build_gib": rss_model,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    )
 
 
 def measure_rss(name: str, sizes: tuple[int, ...], scored: int | None, batch: int) -> list[dict[str, Any]]:
@@ -291,12 +350,14 @@ def measure_rss(name: str, sizes: tuple[int, ...], scored: int | None, batch: in
     rows = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--rss-child", name, str(n), str(scored or 0), str(batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ | {"TQDM_DISABLE": "1"})
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, env=os.environ | {"TQDM_DISABLE": "1"}
+        )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return rows
 
 
-# ---- 4. cohort ---------------------------------------------------------------------------------------------------
+# ---- 4. cohort ---------------------------------------------------------------------------------------------
 def bench_cohort(folder: Path, n_cases: int, workers: tuple[int, ...]) -> dict[str, Any]:
     """Cases per minute of ``run_cohort`` (tiny model, synthetic 240x240x60 volumes) per Dask worker count."""
     try:
@@ -310,8 +371,12 @@ def bench_cohort(folder: Path, n_cases: int, workers: tuple[int, ...]) -> dict[s
         (src / f"case{i:02d}.nii.gz").write_bytes(vol.read_bytes())
     inf = InferenceConfig(model=TINY_MODEL, backbone_weights="random", device="cpu", progress=False)
     cfg = RunConfig(preset=PRESET, inference=inf, export=ExportConfig(overlays=0, html=False))
-    out: dict[str, Any] = {"model": TINY_MODEL, "n_cases": n_cases, "volume": "synthetic 240x240x60",
-                           "note": "includes starting the Dask LocalCluster and building the model per worker"}
+    out: dict[str, Any] = {
+        "model": TINY_MODEL,
+        "n_cases": n_cases,
+        "volume": "synthetic 240x240x60",
+        "note": "includes starting the Dask LocalCluster and building the model per worker",
+    }
     for w in workers:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -322,24 +387,41 @@ def bench_cohort(folder: Path, n_cases: int, workers: tuple[int, ...]) -> dict[s
     return out
 
 
-# ---- main --------------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 def machine(device: torch.device) -> dict[str, Any]:
     """Date, CPU model, cores, torch version, threads, GPU and load."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
-    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "cpu_bf16_hw": any(f in flags for f in ("amx_bf16", "avx512_bf16")),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "not measured (no GPU lent)",
-            "loadavg_start": os.getloadavg()[0]}
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_bf16_hw": any(f in flags for f in ("amx_bf16", "avx512_bf16")),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "not measured (no GPU lent)",
+        "loadavg_start": os.getloadavg()[0],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section and return the results dict (also written to ``args.out``)."""
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     torch.set_num_threads(os.cpu_count() or 1) if device.type == "cpu" else None
     name = TINY_MODEL if args.quick else FULL_MODEL
     n_ref, n_fast = (2, 2) if args.quick else (args.baseline_images, args.default_slices)
@@ -351,29 +433,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flops = analytic_flops(model)
     flops["counted_plain_forward"] = counted_flops(model) if args.quick or args.count_flops else None
     max_n = 512 if args.quick else 4096
-    peak = {p: matmul_peak(dt_, device, max_n, 0.2 if args.quick else args.peak_budget)
-            for p, dt_ in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peak = {
+        p: matmul_peak(dt_, device, max_n, 0.2 if args.quick else args.peak_budget)
+        for p, dt_ in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     if device.type == "cuda":
         peak["fp16"] = matmul_peak(torch.float16, device, max_n, args.peak_budget)
     fast_s = list(res["per_slice"].values())[-1]["s_per_slice"]
     achieved = flops["per_slice"] / fast_s / 1e9
-    res["peak"] = {"matmul": peak, "flops": flops, "achieved_gflops_default": achieved,
-                   **{f"fraction_of_{p}_peak": achieved / v["gflops"] for p, v in peak.items()}}
-    res["profile"] = profile_batch(model, args.batch_size, top=10)
+    res["peak"] = {
+        "matmul": peak,
+        "flops": flops,
+        "achieved_gflops_default": achieved,
+        **{f"fraction_of_{p}_peak": achieved / v["gflops"] for p, v in peak.items()},
+    }
+    res["peak"]["block_precision_probe"] = block_precision_probe(model)
+    res["profile_batch"] = min(args.batch_size, 2)
+    res["profile"] = profile_batch(model, res["profile_batch"], top=10)
     with tempfile.TemporaryDirectory() as tmp:
         res["end_to_end"] = _end_to_end(args, model, Path(tmp), fast_s, device)
-        res["cohort"] = bench_cohort(Path(tmp), 2 if args.quick else 4, (1, 2)) if args.cohort else {"status": "skipped"}
+        res["cohort"] = (
+            bench_cohort(Path(tmp), 2 if args.quick else 4, (1, 2)) if args.cohort else {"status": "skipped"}
+        )
     res["memory"] = measure_rss(TINY_MODEL, (10, 20) if args.quick else (50, 150), None, args.batch_size)
     if not args.quick:
         res["memory"] += measure_rss(FULL_MODEL, (50, 150), args.batch_size, args.batch_size)
     guard_prec = model.precision if model.precision != "fp32" else "bf16"
     if args.quick or args.bf16_guard or guard_prec != "bf16" or res["machine"]["cpu_bf16_hw"]:
-        res["accuracy_low_precision"] = bench_precision_guard(name, str(device), 2 if args.quick else 1, guard_prec)
+        res["accuracy_low_precision"] = bench_precision_guard(
+            name, str(device), 2 if args.quick else 1, guard_prec
+        )
     else:
-        res["accuracy_low_precision"] = {"status": f"skipped: bf16 matmul here is {peak['bf16']['gflops']:.1f} "
-                                         "GFLOP/s (no AMX/avx512-bf16), one ViT-L slice takes minutes; "
-                                         "--bf16-guard runs it", "tiny_model": bench_precision_guard(
-                                             TINY_MODEL, str(device), 2, "bf16")}
+        res["accuracy_low_precision"] = {
+            "status": f"skipped: bf16 matmul here is {peak['bf16']['gflops']:.1f} "
+            "GFLOP/s (no AMX/avx512-bf16), one ViT-L slice takes minutes; "
+            "--bf16-guard runs it",
+            "tiny_model": bench_precision_guard(TINY_MODEL, str(device), 2, "bf16"),
+        }
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -387,17 +483,23 @@ def _end_to_end(args: argparse.Namespace, model: AACLIP, tmp: Path, fast_s: floa
     tiny = model if args.quick else _build(TINY_MODEL, str(device))
     e2e = run_end_to_end(tiny, volume, tmp, args.batch_size)
     overhead = e2e["read_s"] + e2e["export_s"] + e2e["score_s"]  # tiny score_s: transforms + a ms-model
-    out = {"volume": what, "tiny_model_run": e2e,
-           "vitl_estimate_s": overhead + e2e["n_scored"] * fast_s,
-           "vitl_estimate_rule": "tiny run's read+score+export (non-model overhead, upper bound) + "
-                                 "n_scored x default s/slice"}
+    out = {
+        "volume": what,
+        "tiny_model_run": e2e,
+        "vitl_estimate_s": overhead + e2e["n_scored"] * fast_s,
+        "vitl_estimate_rule": "tiny run's read+score+export (non-model overhead, upper bound) + "
+        "n_scored x default s/slice",
+    }
     if args.full_volume:
         out["vitl_measured"] = run_end_to_end(model, volume, tmp, args.batch_size)
     return out
 
 
 def _print_speed(res: dict[str, Any]) -> None:
-    print(f"\n{res['model']} on {res['machine']['device']} ({res['machine']['cpu']}, {res['machine']['cores']} cores)")
+    print(
+        f"\n{res['model']} on {res['machine']['device']} ({res['machine']['cpu']}, "
+        f"{res['machine']['cores']} cores)"
+    )
     print(f"{'path':<72} {'s/slice':>9} {'speedup':>8}")
     for label, row in res["per_slice"].items():
         print(f"{label:<72} {row['s_per_slice']:>9.3f} {row['speedup_vs_reference']:>7.2f}x")
@@ -405,26 +507,40 @@ def _print_speed(res: dict[str, Any]) -> None:
 
 def _print_rest(res: dict[str, Any]) -> None:
     pk = res["peak"]
-    print(f"\nFLOPs/slice {pk['flops']['per_slice'] / 1e12:.3f} T; achieved {pk['achieved_gflops_default']:.1f} GFLOP/s")
+    print(
+        f"\nFLOPs/slice {pk['flops']['per_slice'] / 1e12:.3f} T; "
+        f"achieved {pk['achieved_gflops_default']:.1f} GFLOP/s"
+    )
     for p, v in pk["matmul"].items():
-        print(f"  {p} matmul peak {v['gflops']:.1f} GFLOP/s (n={v['n']}, {v['op']}) -> "
-              f"fraction {pk[f'fraction_of_{p}_peak']:.2f}")
+        print(
+            f"  {p} matmul peak {v['gflops']:.1f} GFLOP/s (n={v['n']}, {v['op']}) -> "
+            f"fraction {pk[f'fraction_of_{p}_peak']:.2f}"
+        )
     print("\nprofile (one default batch), top ops by self time:")
+    probe = pk["block_precision_probe"]
+    print(f"one ViT block, batch 1: fp32 {probe['fp32_s']:.2f} s, bf16 autocast {probe['bf16_autocast_s']:.2f} s")
     for row in res["profile"][:8]:
         print(f"  {row['op']:<48} {row['self_s']:>8.3f} s {100 * row['fraction']:>5.1f}%")
     e2e = res["end_to_end"]
     t = e2e["tiny_model_run"]
-    print(f"\nend to end ({e2e['volume']}, {t['n_scored']}/{t['n_slices']} scored): tiny total {t['total_s']:.1f} s "
-          f"(read {t['read_s']:.1f}, score {t['score_s']:.1f}, export {t['export_s']:.1f}); "
-          f"ViT-L estimate {e2e['vitl_estimate_s']:.0f} s")
+    print(
+        f"\nend to end ({e2e['volume']}, {t['n_scored']}/{t['n_slices']} scored): tiny total {t['total_s']:.1f} s "
+        f"(read {t['read_s']:.1f}, score {t['score_s']:.1f}, export {t['export_s']:.1f}); "
+        f"ViT-L estimate {e2e['vitl_estimate_s']:.0f} s"
+    )
     if "vitl_measured" in e2e:
         print(f"  ViT-L measured: {e2e['vitl_measured']['total_s']:.0f} s")
     for row in res["memory"]:
-        print(f"peak RSS {row['model']:<18} {row['n_slices']:>4} slices ({row['n_scored']} scored): "
-              f"{row['peak_rss_gib']:.2f} GiB")
+        print(
+            f"peak RSS {row['model']:<18} {row['n_slices']:>4} slices ({row['n_scored']} scored): "
+            f"{row['peak_rss_gib']:.2f} GiB"
+        )
     coh = res["cohort"]
-    print("cohort:", coh.get("status") or {k: round(v["cases_per_min"], 1) for k, v in coh.items()
-                                           if k.startswith("workers_")}, "cases/min")
+    print(
+        "cohort:",
+        coh.get("status") or {k: round(v["cases_per_min"], 1) for k, v in coh.items() if k.startswith("workers_")},
+        "cases/min",
+    )
     acc, low = res["accuracy"], res["accuracy_low_precision"]
     print(f"accuracy: {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f}")
     low = low.get("tiny_model", low)

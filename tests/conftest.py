@@ -105,12 +105,14 @@ def build_series(
     row_dir, col_dir, normal = rot[:, 0], rot[:, 1], rot[:, 2]
     positions = [k * slice_spacing for k in range(n)] if positions is None else positions
     series_uid, study_uid = generate_uid(), study_uid or generate_uid()
+    frame_of_reference = generate_uid()  # one patient coordinate system for the whole series, as scanners write
     folder.mkdir(parents=True, exist_ok=True)
     instance_numbers = list(range(1, len(positions) + 1))
     rng.shuffle(instance_numbers)
     files, ipps, hu = [], [], []
     for k, d in enumerate(positions):
         ds = base_dataset(CT_IMAGE if modality == "CT" else MR_IMAGE, modality, series_uid, study_uid)
+        ds.FrameOfReferenceUID = frame_of_reference
         ipp = np.asarray(origin) + d * normal
         ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_dir, *col_dir)]

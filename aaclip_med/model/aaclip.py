@@ -71,8 +71,10 @@ def derive_layout(vision_layers: int, text_layers: int) -> Layout:
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B,C,H,W) with reflect border (kornia ``gaussian_blur2d`` semantics).
 
-    A kernel size below 2 or ``sigma <= 0`` returns ``x`` unchanged.
+    A kernel size below 2 or ``sigma <= 0`` returns ``x`` unchanged. On grids smaller than the kernel (tiny input
+    sizes), the kernel shrinks to the largest odd size a reflect border allows.
     """
+    kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)
     if kernel < 2 or sigma <= 0:
         return x
     pos = torch.arange(kernel, dtype=torch.float64, device=x.device) - kernel // 2
