@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "describe_volume": "aaclip_med.io",
     "train": "aaclip_med.training",
     "run_cohort": "aaclip_med.cohort",
+    "evaluate": "aaclip_med.cohort",
 }
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "__version__",
     "create_model",
     "describe_volume",
+    "evaluate",
     "get_preset",
     "list_models",
     "load_run_config",
@@ -66,7 +68,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from aaclip_med.cohort import run_cohort
+    from aaclip_med.cohort import evaluate, run_cohort
     from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
     from aaclip_med.errors import AACLIPMedError
     from aaclip_med.inference import VolumeResult, score_volume

@@ -221,6 +221,28 @@ def batch(
     typer.echo(f"outputs: {out}")
 
 
+@app.command("eval")
+@_user_errors
+def eval_(
+    predictions: Annotated[Path, typer.Argument(help="Output folder of `aaclip-med run` or `batch`.")],
+    labels: Annotated[Path, typer.Option(help="A mask, a manifest CSV (case_id,mask,label) or a mask folder.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation).")] = None,
+    normalisation: Annotated[str, typer.Option(help="none (raw units), set (reference code) or volume.")] = "none",
+    xlsx: Annotated[bool, typer.Option("--xlsx", help="Also write evaluation.xlsx.")] = False,
+) -> None:
+    """Evaluate predictions against masks: slices.csv, cases.csv, summary.csv, summary.json, report.html."""
+    from aaclip_med.cohort import evaluate
+
+    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
+    for row in res.sheets.summary:
+        values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
+                           if isinstance(row.get(k), float))  # fmt: skip
+        typer.echo(f"{next(iter(row.values()))}: {values}")
+    if res.sheets.untrained:
+        typer.secho("note: untrained/demo model: these numbers are not accuracy", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"sheets: {res.out_dir}")
+
+
 @app.command()
 @_user_errors
 def train(

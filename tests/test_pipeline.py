@@ -76,7 +76,15 @@ def test_nifti_run_writes_maps_on_the_source_grid(nifti_path: Path, tmp_path: Pa
 def test_run_folder_files_and_sheets(nifti_path: Path, tmp_path: Path) -> None:
     out = run_study(nifti_path, tmp_path / "out", config=_config(1.0, overlays=2), model=BrightnessModel(32))
     names = {p.name for p in out.out_dir.iterdir()}
-    assert {"heatmap.nii.gz", "mask.nii.gz", "slices.csv", "qa.json", "run.json", "report.html", "overlays"} <= names
+    assert {
+        "heatmap.nii.gz",
+        "mask.nii.gz",
+        "slices.csv",
+        "qa.json",
+        "run.json",
+        "report.html",
+        "overlays",
+    } <= names
     assert "seg.dcm" not in names  # NIfTI input: no DICOM outputs
     with (out.out_dir / "slices.csv").open() as fh:
         rows = list(csv.DictReader(fh))

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from aaclip_med.cohort.evaluate import EvalResult, evaluate, find_runs
 from aaclip_med.cohort.manifest import (
     Case,
     discover,
@@ -30,8 +31,11 @@ __all__ = [
     "Case",
     "CaseOutcome",
     "CohortResult",
+    "EvalResult",
     "assemble",
     "discover",
+    "evaluate",
+    "find_runs",
     "is_mask_name",
     "load_cases",
     "read_manifest",

@@ -273,6 +273,10 @@ def run_cohort(
     if tag:
         return result
     files["summary"] = report.write_sheet(sheets.summary, out / "summary.csv")
+    if sheets.slices:
+        from aaclip_med.metrics import SLICE_COLUMNS
+
+        files["slices"] = report.write_sheet(sheets.slices, out / "slices.csv", columns=list(SLICE_COLUMNS))
     metadata = sheets.provenance_model.get("metadata") or (model.metadata() if model is not None else {})
     prov = report.provenance(
         cfg, metadata, [source] if Path(source).is_file() else [], {"total_s": time.perf_counter() - t_start},

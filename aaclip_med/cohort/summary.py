@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aaclip_med.cohort.manifest import Case
-from aaclip_med.errors import AACLIPMedError
+from aaclip_med.errors import AACLIPMedError, ConfigError
 
 __all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
 
@@ -37,6 +37,7 @@ class CohortSheets:
     """The rows of the cohort sheets, as written."""
 
     cases: list[dict[str, Any]] = field(default_factory=list)
+    slices: list[dict[str, Any]] = field(default_factory=list)  # per-slice evaluation rows (cases with masks)
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     provenance_model: dict[str, Any] = field(default_factory=dict)
@@ -77,8 +78,44 @@ class _Group:
     image_scores: list[np.ndarray] = field(default_factory=list)
 
 
-def _metrics(case: Case, case_dir: Path, record: Mapping[str, Any], group: _Group) -> dict[str, Any]:
-    """Per-case metric columns; feeds the group's accumulators."""
+@dataclass(frozen=True)
+class _Scale:
+    """Map normalisation for evaluation (DESIGN §0: an evaluation option only; raw units on disk)."""
+
+    mode: str = "none"  # none | set (one min-max over the evaluated set, as the reference code) | volume
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def apply(self, heatmap: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+        if self.mode == "none":
+            return heatmap, threshold
+        lo, hi = (self.lo, self.hi) if self.mode == "set" else (float(heatmap.min()), float(heatmap.max()))
+        if self.mode == "set" and hi == 1.0:  # the reference code leaves a set whose maximum is 1 untouched
+            return heatmap, threshold
+        span = hi - lo if hi > lo else 1.0
+        return (heatmap - lo) / span, (threshold - lo) / span
+
+
+def _set_range(cases: Sequence[Case], cases_dir: Path) -> tuple[float, float]:
+    """Min and max over the heatmaps of the finished cases that have masks (first pass of set normalisation)."""
+    lo, hi = np.inf, -np.inf
+    for case in cases:
+        path = cases_dir / case.case_id / "heatmap.nii.gz"
+        if case.mask is not None and path.is_file():
+            heat = _read_array(path)
+            lo, hi = min(lo, float(heat.min())), max(hi, float(heat.max()))
+    return (lo, hi) if lo <= hi else (0.0, 1.0)
+
+
+def _metrics(
+    case: Case,
+    case_dir: Path,
+    record: Mapping[str, Any],
+    group: _Group,
+    scale: _Scale,
+    slices: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Per-case metric columns; feeds the group's accumulators and the slice rows."""
     from aaclip_med import metrics
     from aaclip_med.io import read_volume
 
@@ -89,7 +126,7 @@ def _metrics(case: Case, case_dir: Path, record: Mapping[str, Any], group: _Grou
             group.volume_scores.append(score)
         return {}
     reasons: list[str] = []
-    heatmap = _read_array(case_dir / "heatmap.nii.gz")
+    heatmap, threshold = scale.apply(_read_array(case_dir / "heatmap.nii.gz").astype(np.float32), threshold)
     ref = read_volume(case.mask).data > 0
     if ref.shape != heatmap.shape:
         why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
@@ -107,14 +144,16 @@ def _metrics(case: Case, case_dir: Path, record: Mapping[str, Any], group: _Grou
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)
-    slice_scores, _ = _slice_table(case_dir)
+    slice_scores, scored = _slice_table(case_dir)
+    slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
+                                     threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
     group.image_labels.append(ref.any(axis=other).astype(np.float64))
     group.image_scores.append(slice_scores)
     return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
 
 
-def _summary(groups: Mapping[str, _Group]) -> list[dict[str, Any]]:
+def _summary(groups: Mapping[str, _Group], normalisation: str) -> list[dict[str, Any]]:
     from aaclip_med import metrics
 
     results = {}
@@ -129,6 +168,7 @@ def _summary(groups: Mapping[str, _Group]) -> list[dict[str, Any]]:
             volume_scores=g.volume_scores,
             pixels=g.pixels,
             cases=g.rows,
+            normalisation=normalisation,  # type: ignore[arg-type]
             reasons=reasons,
         )
     return metrics.summary_rows(results, group_column="preset") if results else []
@@ -138,19 +178,31 @@ def _seconds(record: Mapping[str, Any]) -> float:
     return float(sum(v for v in record.get("timings", {}).values() if isinstance(v, int | float)))
 
 
-def assemble(cases: Sequence[Case], cases_dir: Path, failures: Mapping[str, Mapping[str, str]]) -> CohortSheets:
+def assemble(
+    cases: Sequence[Case],
+    cases_dir: Path,
+    failures: Mapping[str, Mapping[str, str]],
+    *,
+    normalisation: str = "none",
+) -> CohortSheets:
     """Build the cohort rows from the case folders.
 
     Args:
         cases: Every case of the cohort (or of one part).
         cases_dir: ``OUT/cases``.
         failures: Case id -> ``{"error", "message"}`` for cases that failed in this run.
+        normalisation: Maps as stored (``none``, raw units), min-max over the whole evaluated set (``set``, the
+            reference code's evaluation; AUROC/AP unchanged, thresholds rescaled) or per volume (``volume``).
 
     Returns:
         The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
     """
     sheets = CohortSheets()
     groups: dict[str, _Group] = {}
+    if normalisation not in ("none", "set", "volume"):
+        msg = f"normalisation={normalisation!r} is not known; use none, set or volume."
+        raise ConfigError(msg)
+    scale = _Scale(normalisation, *(_set_range(cases, cases_dir) if normalisation == "set" else (0.0, 1.0)))
     for case in sorted(cases, key=lambda c: c.case_id):
         base = {"case_id": case.case_id, "label": case.label, "preset": case.preset, "split": case.split}
         record = case_record(cases_dir / case.case_id)
@@ -163,7 +215,8 @@ def assemble(cases: Sequence[Case], cases_dir: Path, failures: Mapping[str, Mapp
         row = {**base, "status": "done", "score": float(record["score"]), "threshold": float(record["threshold"]),
                "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
         try:
-            row.update(_metrics(case, cases_dir / case.case_id, record, groups.setdefault(preset, _Group())))
+            group = groups.setdefault(preset, _Group())
+            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case.case_id, row["reasons"])
@@ -171,7 +224,7 @@ def assemble(cases: Sequence[Case], cases_dir: Path, failures: Mapping[str, Mapp
         if not sheets.provenance_model:
             sheets.provenance_model = dict(record.get("model", {}))
             sheets.untrained = bool(sheets.provenance_model.get("untrained_backbone", False))
-    sheets.summary = _summary(groups)
+    sheets.summary = _summary(groups, normalisation)
     return sheets
 
 

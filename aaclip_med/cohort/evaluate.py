@@ -1,0 +1,151 @@
+"""Evaluate finished predictions against reference masks: ``aaclip-med eval`` and :func:`evaluate`.
+
+Predictions are a ``run`` folder (``run.json`` beside ``heatmap.nii.gz``) or a ``batch`` folder (``cases/<id>/``).
+Labels are a mask file (one run), a manifest CSV (``case_id,mask,label``), or a folder of masks named after the
+case ids (``<case_id>.nii.gz``, or a DICOM sub-folder ``<case_id>/``). The sheets are those of a cohort run
+(:mod:`~aaclip_med.cohort.summary`), plus ``slices.csv`` and ``summary.json``, written atomically into one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from aaclip_med._typing import PathLike
+from aaclip_med.cohort.manifest import Case, read_manifest
+from aaclip_med.cohort.summary import MARKER, CohortSheets, assemble, case_columns
+from aaclip_med.errors import ManifestError
+from aaclip_med.pipeline import case_name, staged_output
+
+__all__ = ["EvalResult", "evaluate", "find_runs"]
+
+logger = logging.getLogger(__name__)
+
+_MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The evaluation sheets and where they were written."""
+
+    out_dir: Path
+    sheets: CohortSheets
+    files: dict[str, Path]
+
+
+def find_runs(predictions: PathLike) -> tuple[Path, list[str]]:
+    """The folder holding the case folders, and the finished case ids, of a run or batch output folder.
+
+    Raises:
+        ManifestError: the folder holds no finished aaclip-med output.
+    """
+    root = Path(predictions)
+    if (root / MARKER).is_file() and (root / "heatmap.nii.gz").is_file():
+        return root.parent, [root.name]
+    cases_dir = root / "cases"
+    ids = sorted(p.name for p in cases_dir.glob("*") if (p / MARKER).is_file()) if cases_dir.is_dir() else []
+    if not ids:
+        msg = (
+            f"{root}: no finished predictions (a `run` folder with run.json and heatmap.nii.gz, or a `batch` "
+            "folder with cases/<id>/run.json). Point eval at the output of `aaclip-med run` or `batch`."
+        )
+        raise ManifestError(msg)
+    return cases_dir, ids
+
+
+def _source(cases_dir: Path, case_id: str) -> Path:
+    record = json.loads((cases_dir / case_id / MARKER).read_text(encoding="utf-8"))
+    inputs = record.get("inputs") or [{}]
+    return Path(inputs[0].get("path", case_id))
+
+
+def _mask_in_folder(folder: Path, case_id: str) -> Path | None:
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and path.name == case_id:
+            return path
+        if path.is_file() and path.name.lower().endswith(_MASK_SUFFIXES) and case_name(path) == case_id:
+            return path
+    return None
+
+
+def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
+    src = Path(labels)
+    if not src.exists():
+        msg = f"Labels {src}: no such file or folder. Pass a mask, a manifest CSV or a folder of masks."
+        raise ManifestError(msg)
+    if src.suffix.lower() == ".csv":
+        by_id = {c.case_id: c for c in read_manifest(src)}
+        unknown = sorted(set(ids) - set(by_id))
+        if unknown:
+            logger.warning("no labels in %s for %d case(s): %s", src, len(unknown), ", ".join(unknown[:5]))
+        return [by_id[i] if i in by_id else Case(i, _source(cases_dir, i)) for i in ids]
+    if src.is_file():
+        if len(ids) != 1:
+            msg = f"Labels {src} is one mask but {cases_dir} holds {len(ids)} cases; pass a manifest or a folder."
+            raise ManifestError(msg)
+        return [Case(ids[0], _source(cases_dir, ids[0]), mask=src)]
+    masks = {i: _mask_in_folder(src, i) for i in ids}
+    if any(masks.values()):
+        return [Case(i, _source(cases_dir, i), mask=masks[i]) for i in ids]
+    if len(ids) == 1:
+        return [Case(ids[0], _source(cases_dir, ids[0]), mask=src)]  # the folder is the mask (a DICOM series)
+    msg = f"No mask in {src} is named after a case id ({', '.join(ids[:3])}, ...); name them <case_id>.nii.gz."
+    raise ManifestError(msg)
+
+
+def evaluate(
+    predictions: PathLike,
+    labels: PathLike,
+    out_dir: PathLike | None = None,
+    *,
+    normalisation: str = "none",
+    xlsx: bool = False,
+) -> EvalResult:
+    """Evaluate a run or batch output folder against reference masks and write the evaluation sheets.
+
+    Args:
+        predictions: Output folder of ``aaclip-med run`` or ``aaclip-med batch``.
+        labels: A mask (one run), a manifest CSV (``case_id,mask,label``), or a folder of ``<case_id>`` masks.
+        out_dir: Where the sheets go; default ``<predictions>/evaluation``.
+        normalisation: ``none`` (raw map units), ``set`` (min-max over the evaluated set, as the reference
+            code) or ``volume``; recorded in ``summary.csv``.
+        xlsx: Also write ``evaluation.xlsx`` with one sheet per CSV.
+
+    Returns:
+        The sheets (``slices``, ``cases``, ``summary``) and the written files.
+
+    Raises:
+        ManifestError: no predictions, or labels that match no case.
+        GeometryError: a mask is not on its image's grid.
+
+    Example:
+        >>> evaluate("reports/study", "study_mask.nii.gz")  # doctest: +SKIP
+    """
+    from aaclip_med import metrics, report
+
+    cases_dir, ids = find_runs(predictions)
+    cases = _cases(cases_dir, ids, labels)
+    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation)
+    out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
+    names = {"slices": "slices.csv", "cases": "cases.csv", "summary": "summary.csv", "json": "summary.json"}
+    with staged_output(out) as tmp:
+        report.write_sheet(sheets.slices, tmp / names["slices"], columns=list(metrics.SLICE_COLUMNS))
+        report.write_sheet(sheets.cases, tmp / names["cases"], columns=case_columns(sheets.cases))
+        report.write_sheet(sheets.summary, tmp / names["summary"])
+        report.write_json({"normalisation": normalisation, "summary": sheets.summary, "cases": sheets.cases},
+                          tmp / names["json"])  # fmt: skip
+        if xlsx:
+            names["xlsx"] = "evaluation.xlsx"
+            report.write_xlsx({"summary": sheets.summary, "cases": sheets.cases, "slices": sheets.slices},
+                              tmp / names["xlsx"])  # fmt: skip
+        names["report"] = "report.html"
+        link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
+        report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
+                                 failures=sheets.failures, untrained=sheets.untrained,
+                                 title="aaclip-med evaluation", case_link=link)  # fmt: skip
+        names["marker"] = MARKER
+        report.write_json({"predictions": str(predictions), "labels": str(labels), "normalisation": normalisation},
+                          tmp / MARKER)  # fmt: skip
+    return EvalResult(out, sheets, {k: out / v for k, v in names.items()})

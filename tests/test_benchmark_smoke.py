@@ -1,0 +1,67 @@
+"""Smoke tests of benchmarks/bench_scoring.py, so the scoring benchmark cannot rot (issue 9)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scoring.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scoring", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_matches_counter(bench: ModuleType) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = bench._build("aaclip-tiny", "cpu")
+    analytic = bench.analytic_flops(model)
+    assert analytic["tokens"] == 197
+    assert bench.counted_flops(model) == pytest.approx(analytic["per_slice"], rel=0.01)
+
+
+def test_plain_blocks_match_fused_path(bench: ModuleType) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = bench._build("aaclip-tiny", "cpu")
+    x = bench._slices(2, model.input_size)
+    ref = bench.reference_maps(model, x)
+    fast = model.score_slices(x, bench.PRESET, return_levels=False).maps
+    assert (ref - fast).abs().max().item() < 1e-4
+    assert bench.aaclip_mod.sdpa_block.__name__ == "sdpa_block"  # restored after the reference run
+
+
+@pytest.mark.slow
+def test_quick_run_writes_all_sections(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "scoring.json"
+    res = bench.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()).keys() == res.keys()
+    for key in (
+        "machine",
+        "per_slice",
+        "peak",
+        "profile",
+        "end_to_end",
+        "memory",
+        "cohort",
+        "accuracy",
+        "accuracy_low_precision",
+    ):
+        assert key in res, key
+    rows = list(res["per_slice"].values())
+    assert len(rows) == 4 and all(r["s_per_slice"] > 0 for r in rows)
+    assert res["peak"]["matmul"]["fp32"]["gflops"] > 0
+    assert [r["n_slices"] for r in res["memory"]] == [10, 20]
+    assert res["accuracy"]["pearson_r"] > 0.999
+    assert res["end_to_end"]["tiny_model_run"]["n_scored"] > 0
