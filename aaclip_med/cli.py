@@ -226,7 +226,7 @@ def batch(
 def eval_(
     predictions: Annotated[Path, typer.Argument(help="Output folder of `aaclip-med run` or `batch`.")],
     labels: Annotated[Path, typer.Option(help="A mask, a manifest CSV (case_id,mask,label) or a mask folder.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation)")] = None,
     normalisation: Annotated[str, typer.Option(help="none (raw units), set (reference code) or volume.")] = "none",
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Also write evaluation.xlsx.")] = False,
 ) -> None:

@@ -68,6 +68,13 @@ def _check_output(input_path: Path, out_dir: Path) -> None:
             "outputs never go inside or over the input. Choose another -o/--out folder."
         )
         raise OutputError(msg)
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        msg = (
+            f"Output folder {out_dir} cannot be created: {ancestor} is not a writable folder. "
+            "Choose a writable -o/--out folder."
+        )
+        raise OutputError(msg)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         msg = (
             f"Output {out_dir} exists and is not an aaclip-med output folder (no {MARKER}); refusing to replace "
@@ -102,6 +109,18 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
             tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_names(config: RunConfig, model: AACLIP | None) -> None:
+    """Fail on an unknown preset or model name before any slow reading or model building."""
+    from aaclip_med.config import get_preset
+
+    if config.preset is not None:
+        get_preset(config.preset)
+    if model is None:
+        from aaclip_med.model.factory import get_spec
+
+        get_spec(config.inference.model)
 
 
 def load_model(config: RunConfig) -> AACLIP:
@@ -157,6 +176,7 @@ def run_study(
         raise UnsupportedFormatError(msg)
     out = Path(out_dir) if out_dir is not None else default_output_dir(src)
     _check_output(src, out)
+    _check_names(cfg, model)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     volume = read_volume(src, series=series)

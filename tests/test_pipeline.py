@@ -46,7 +46,7 @@ class BrightnessModel:
         return {"model": "brightness-stub", "untrained_backbone": True}
 
 
-def _config(threshold: float, preset: str = "ct", **export: object) -> RunConfig:
+def _config(threshold: float | None, preset: str = "ct", **export: object) -> RunConfig:
     """A fixed HU window ('ct') keeps slices comparable, so only the bright block passes the threshold."""
     return RunConfig(
         preset=preset,

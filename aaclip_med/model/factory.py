@@ -33,6 +33,7 @@ from aaclip_med.model.weights import (
 )
 
 __all__ = [
+    "get_spec",
     "MODEL_REGISTRY",
     "TINY_OPEN_CLIP_CONFIG",
     "ModelSpec",
@@ -103,11 +104,16 @@ def list_models() -> list[str]:
     return sorted(MODEL_REGISTRY)
 
 
-def _spec(name: str) -> ModelSpec:
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry of a model name.
+
+    Raises:
+        UnknownModelError: the name is not registered (the message suggests the closest one).
+    """
     if name not in MODEL_REGISTRY:
         msg = (
             f"Unknown model '{name}'; {did_you_mean(name, MODEL_REGISTRY)}known: {', '.join(list_models())}. "
-            "Pass one of these names."
+            "Pass --model with one of these names."
         )
         raise UnknownModelError(msg)
     return MODEL_REGISTRY[name]
@@ -245,7 +251,7 @@ def create_model(
     """
     import open_clip
 
-    spec = _spec(name)
+    spec = get_spec(name)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )

@@ -1,0 +1,83 @@
+"""The command line as a user meets it: fast help, `info`, the README's main command, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aaclip_med.cli import app
+from tests.conftest import build_series, file_hashes
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "datasets" / "samples" / "hcc048_ct"
+runner = CliRunner()
+
+
+def _fails_cleanly(args: list[str], *, contains: str) -> str:
+    result = runner.invoke(app, ["-q", *args])
+    assert result.exit_code == 2, result.output
+    out = result.output.strip()
+    assert "Traceback" not in out and out.startswith("error: "), out
+    assert len(out.splitlines()) == 1 and contains in out, out
+    return out
+
+
+def test_help_imports_no_heavy_packages() -> None:
+    code = "import sys, aaclip_med.cli; print([m for m in ('torch', 'monai', 'open_clip') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+
+
+def test_info_describes_the_bundled_sample() -> None:
+    result = runner.invoke(app, ["info", str(SAMPLE)])
+    assert result.exit_code == 0, result.output
+    for text in ("[512, 512, 16]", "LPS", "CT", "Recon 3: LIVER 2 PHASE", "0.7031"):
+        assert text in result.output
+
+
+def test_readme_main_command_on_the_bundled_sample(tmp_path: Path) -> None:
+    before = file_hashes(SAMPLE)
+    args = ["run", str(SAMPLE), "--model", "demo", "-o", str(tmp_path / "out"), "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "outputs:" in result.output and "volume score" in result.output
+    for name in ("heatmap.nii.gz", "mask.nii.gz", "seg.dcm", "slices.csv", "qa.json", "run.json", "report.html"):
+        assert (tmp_path / "out" / name).is_file(), name
+    assert file_hashes(SAMPLE) == before
+
+
+@pytest.mark.parametrize(
+    ("make", "contains"),
+    [
+        (lambda d: d / "missing.nii.gz", "no such"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "empty"),
+        (lambda d: (d / "fake.dcm").write_text("not dicom") and d / "fake.dcm", "fake.dcm"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, make, contains: str) -> None:
+    path = make(tmp_path)
+    _fails_cleanly(["run", str(path), "--model", "aaclip-tiny", "-o", str(tmp_path / "out")], contains=contains)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_options_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    series = build_series(tmp_path / "series").folder
+    out = str(tmp_path / "out")
+    _fails_cleanly(["run", str(series), "--model", "aaclip-tinny", "-o", out], contains="mean 'aaclip-tiny'")
+    _fails_cleanly(["run", str(series), "--preset", "liver-ct", "-o", out], contains="did you mean 'liver_ct'")
+    adapters = str(tmp_path / "a.safetensors")
+    _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "--adapter-weights", adapters, "-o", out],
+                   contains="not found")  # fmt: skip
+    _fails_cleanly(["run", str(series), "--model", "aaclip-vitl14-336", "--backbone-weights",
+                    str(tmp_path / "ViT-L-14-336px.pt"), "-o", out], contains="three ways")  # fmt: skip
+    _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(series / "out")], contains="inside")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(blocker / "out")], contains="not a writable")
+    assert not (tmp_path / "out").exists() and not (series / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

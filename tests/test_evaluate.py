@@ -1,0 +1,88 @@
+"""`evaluate` / `aaclip-med eval`: sheets from run folders against masks, normalisation, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from aaclip_med import create_model
+from aaclip_med.cohort import evaluate
+from aaclip_med.errors import ManifestError
+from aaclip_med.metrics import SLICE_COLUMNS
+from aaclip_med.pipeline import run_study
+from tests.test_pipeline import BrightnessModel, _config
+
+
+@pytest.fixture
+def scored(nifti_path: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A run folder of the bright-block volume and the block's reference mask."""
+    out = run_study(nifti_path, tmp_path / "run", config=_config(1.0), model=BrightnessModel(32))
+    img = nib.load(nifti_path)
+    ref = np.zeros(img.shape, np.uint8)
+    ref[12:18, 14:20, 6:10] = 1
+    mask = tmp_path / "lesion_mask.nii.gz"
+    nib.save(nib.Nifti1Image(ref, img.affine), mask)
+    return out.out_dir, mask
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_perfect_prediction_scores_one(scored: tuple[Path, Path]) -> None:
+    run_dir, mask = scored
+    res = evaluate(run_dir, mask)
+    assert res.out_dir == run_dir / "evaluation"
+    for name in ("slices.csv", "cases.csv", "summary.csv", "summary.json", "report.html"):
+        assert (res.out_dir / name).is_file(), name
+    (case,) = _rows(res.out_dir / "cases.csv")
+    assert float(case["pixel_auroc"]) == pytest.approx(1.0)
+    assert float(case["dice"]) == pytest.approx(1.0) and case["lesions_detected"] == "1"
+    summary = _rows(res.out_dir / "summary.csv")
+    assert list(summary[0])[:5] == ["preset", "pixel_auroc", "pixel_ap", "image_auroc", "image_ap"]
+    assert float(summary[0]["image_auroc"]) == pytest.approx(1.0)  # slices 6-9 outscore the others
+    slices = _rows(res.out_dir / "slices.csv")
+    assert tuple(slices[0]) == SLICE_COLUMNS and len(slices) == 16
+    assert [int(r["slice"]) for r in slices if r["label"] == "1.0"] == [6, 7, 8, 9]
+    assert json.loads((res.out_dir / "summary.json").read_text())["normalisation"] == "none"
+
+
+def test_set_normalisation_keeps_ranking_metrics(scored: tuple[Path, Path]) -> None:
+    run_dir, mask = scored
+    raw = evaluate(run_dir, mask, run_dir.parent / "raw").sheets
+    norm = evaluate(run_dir, mask, run_dir.parent / "set", normalisation="set").sheets
+    for key in ("pixel_auroc", "pixel_ap", "image_auroc"):
+        assert norm.summary[0][key] == pytest.approx(raw.summary[0][key])
+    assert norm.summary[0]["normalisation"] == "set"
+    assert 0.0 <= norm.cases[0]["threshold_oracle"] <= 1.0  # thresholds move into [0, 1]
+
+
+def test_manifest_labels_and_missing_mask_message(scored: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, mask = scored
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text(f"case_id,image,mask,label\n{run_dir.name},{mask},{mask},1\n")
+    assert evaluate(run_dir, manifest, tmp_path / "m").sheets.cases[0]["label"] == 1
+    with pytest.raises(ManifestError, match="no such file"):
+        evaluate(run_dir, tmp_path / "absent.nii.gz")
+    with pytest.raises(ManifestError, match="no finished predictions"):
+        evaluate(tmp_path / "labels.csv", mask)
+
+
+@pytest.mark.slow
+def test_real_brats_case_full_report(shared_dir: Path, tmp_path: Path) -> None:
+    """A real BRATS case with its expert mask, scored by the tiny model: a full run + evaluation report."""
+    case = shared_dir / "data/brain_brats2015_deepmedic/brats2015TrainingData/test/brats_2013_pat0001_1"
+    model = create_model("demo")
+    out = run_study(case / "Flair_subtrMeanDivStd.nii.gz", tmp_path / "run", config=_config(None, "brain_mri"),
+                    model=model)  # fmt: skip
+    res = evaluate(out.out_dir, case / "OTMultiClass.nii.gz")
+    row = res.sheets.cases[0]
+    assert 0.0 <= row["pixel_auroc"] <= 1.0 and row["lesions_ref"] >= 1
+    html = (res.out_dir / "report.html").read_text()
+    assert "untrained" in html.lower()  # the demo model is labelled as such
