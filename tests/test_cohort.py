@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import build_series
+from tests.conftest import build_series
 
 from aaclip_med.cohort import Case, discover, read_manifest, run_cohort, shard
 from aaclip_med.config import ExportConfig, InferenceConfig, RunConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cohort import CONFIG, make_cohort
+from tests.test_cohort import CONFIG, make_cohort
 
 from aaclip_med.cohort import run_cohort
 

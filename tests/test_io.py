@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SeriesSpec, file_hashes, rotation
+from tests.conftest import SeriesSpec, file_hashes, rotation
 
 from aaclip_med.errors import DicomSeriesError, GeometryError, UnsupportedFormatError
 from aaclip_med.io import describe_volume, load_source_datasets, read_volume, write_nifti

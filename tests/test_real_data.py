@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import file_hashes
+from tests.conftest import file_hashes
 
 from aaclip_med.io import read_volume, write_nifti
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rotation
+from tests.conftest import rotation
 
 from aaclip_med.errors import GeometryError
 from aaclip_med.volume import Volume, display_plan, stack_slices

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, write_pair, write_volume
+from tests.training.conftest import SIZE, write_pair, write_volume
 from PIL import Image
 
 from aaclip_med.errors import ManifestError

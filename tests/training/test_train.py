@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SIZE
+from tests.training.conftest import SIZE
 from safetensors.torch import load_file
 
 from aaclip_med.errors import OutputError
