@@ -450,6 +450,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["peak"]["block_precision_probe"] = block_precision_probe(model)
     res["profile_batch"] = min(args.batch_size, 2)
     res["profile"] = profile_batch(model, res["profile_batch"], top=10)
+    if args.speed_only:
+        return _finish(res, args)
     with tempfile.TemporaryDirectory() as tmp:
         res["end_to_end"] = _end_to_end(args, model, Path(tmp), fast_s, device)
         res["cohort"] = (
@@ -470,6 +472,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--bf16-guard runs it",
             "tiny_model": bench_precision_guard(TINY_MODEL, str(device), 2, "bf16"),
         }
+    return _finish(res, args)
+
+
+def _finish(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -521,6 +527,8 @@ def _print_rest(res: dict[str, Any]) -> None:
     print(f"one ViT block, batch 1: fp32 {probe['fp32_s']:.2f} s, bf16 autocast {probe['bf16_autocast_s']:.2f} s")
     for row in res["profile"][:8]:
         print(f"  {row['op']:<48} {row['self_s']:>8.3f} s {100 * row['fraction']:>5.1f}%")
+    if "end_to_end" not in res:  # --speed-only
+        return
     e2e = res["end_to_end"]
     t = e2e["tiny_model_run"]
     print(
@@ -561,6 +569,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-volume", action="store_true", help="also run the 155-slice volume with ViT-L")
     p.add_argument("--bf16-guard", action="store_true", help="bf16 vs fp32 maps of ViT-L even without bf16 hw")
     p.add_argument("--no-cohort", dest="cohort", action="store_false")
+    p.add_argument("--speed-only", action="store_true", help="per-slice, peak and profile sections only")
     return p.parse_args(argv)
 
 

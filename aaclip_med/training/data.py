@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from aaclip_med.config import get_preset, preset_for_modality
 from aaclip_med.errors import AACLIPMedError, ManifestError
 from aaclip_med.io import read_volume
+from aaclip_med.manifest import Case
 from aaclip_med.training.augment import Augmenter
-from aaclip_med.training.layouts import CaseRecord, is_2d_image
+from aaclip_med.training.layouts import is_2d_image
 from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, slice_transform
 
 __all__ = ["SliceItem", "SliceDataset", "build_datasets", "load_items"]
@@ -62,14 +63,14 @@ class SliceItem:
     mask_pixels: np.ndarray | None = field(default=None, repr=False)
 
 
-def _check_exists(record: CaseRecord) -> None:
+def _check_exists(record: Case) -> None:
     if not record.image.exists():
         raise ManifestError(f"{record.where}: image '{record.image}' does not exist; fix the path or drop it.")
     if record.mask is not None and not record.mask.exists():
         raise ManifestError(f"{record.where}: mask '{record.mask}' does not exist; fix the path or drop the row.")
 
 
-def _label_from_mask(record: CaseRecord, has_anomaly: bool) -> int:
+def _label_from_mask(record: Case, has_anomaly: bool) -> int:
     if record.label is not None and record.label != int(has_anomaly):
         state = "has anomalous pixels" if has_anomaly else "is empty"
         msg = f"{record.where}: label {record.label} but the mask '{record.mask}' {state}; fix the label or mask."
@@ -77,7 +78,7 @@ def _label_from_mask(record: CaseRecord, has_anomaly: bool) -> int:
     return int(has_anomaly)
 
 
-def _items_2d(record: CaseRecord, preset: str) -> list[SliceItem]:
+def _items_2d(record: Case, preset: str) -> list[SliceItem]:
     try:
         with Image.open(record.image) as img:
             size = img.size
@@ -107,7 +108,7 @@ def _items_2d(record: CaseRecord, preset: str) -> list[SliceItem]:
     return [SliceItem(record.case_id, preset, label, record.split, str(record.image), mask_path)]
 
 
-def _items_3d(record: CaseRecord, preset: str | None) -> list[SliceItem]:
+def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
     try:
         volume = read_volume(record.image)
         mask_volume = read_volume(record.mask) if record.mask is not None else None
@@ -139,7 +140,7 @@ def _items_3d(record: CaseRecord, preset: str | None) -> list[SliceItem]:
     return items
 
 
-def load_items(records: list[CaseRecord], default_preset: str | None) -> list[SliceItem]:
+def load_items(records: list[Case], default_preset: str | None) -> list[SliceItem]:
     """Validate the records and expand them into 2D samples (volumes are read and sliced here).
 
     Args:
@@ -171,7 +172,7 @@ def load_items(records: list[CaseRecord], default_preset: str | None) -> list[Sl
 
 
 def build_datasets(
-    records: list[CaseRecord], default_preset: str | None, require_anomalies: bool = True
+    records: list[Case], default_preset: str | None, require_anomalies: bool = True
 ) -> tuple[list[SliceItem], list[SliceItem]]:
     """Validate everything and return the training and validation samples (test samples are dropped).
 

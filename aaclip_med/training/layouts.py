@@ -1,7 +1,7 @@
 """Training inputs as case records: the manifest CSV (DESIGN section 0) and the folder layouts it can replace.
 
-Manifest columns: ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; all but the image
-are optional; relative paths are taken from the manifest's folder). ``split`` is ``train``, ``val`` (``valid`` and
+Manifest columns: ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; all but case_id
+and image are optional; relative paths are taken from the manifest's folder). ``split`` is ``train``, ``val`` (``valid`` and
 ``validation`` accepted) or ``test``; test rows are never used for training or selection. Without a split column
 every row is training data.
 
@@ -18,58 +18,26 @@ Folder layouts (:func:`discover_folder`):
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
+from aaclip_med import manifest
 from aaclip_med.errors import ManifestError, did_you_mean
+from aaclip_med.manifest import Case
 
-__all__ = ["IMAGE_SUFFIXES", "CaseRecord", "discover_folder", "is_2d_image", "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "discover_folder", "is_2d_image", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MANIFEST_COLUMNS = ("case_id", "image", "mask", "label", "preset", "split")
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm", ".zip")
-
-
-@dataclass(frozen=True, slots=True)
-class CaseRecord:
-    """One training input (a 2D image or a volume) before slicing.
-
-    Attributes:
-        case_id: Identifier used in logs and errors.
-        image: Image file, or a DICOM folder.
-        mask: Mask file on the same grid (label > 0 = anomaly), or None for a normal case.
-        label: Image label from the manifest (0/1), or None to derive it from the mask.
-        preset: Modality preset name, or None for the run's default.
-        split: ``train``, ``val`` or ``test``.
-        where: Where the record came from (``manifest.csv row 3``), for error messages.
-    """
-
-    case_id: str
-    image: Path
-    mask: Path | None
-    label: int | None
-    preset: str | None
-    split: str
-    where: str
 
 
 def is_2d_image(path: Path) -> bool:
     """Whether ``path`` is a 2D picture (PNG/JPEG/BMP/TIFF) rather than a volume."""
     return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _label(value: str, where: str) -> int | None:
-    value = value.strip()
-    if value == "":
-        return None
-    if value in ("0", "1"):
-        return int(value)
-    raise ManifestError(f"{where}: label '{value}' is not 0 or 1; write 0 (normal), 1 (anomalous) or leave empty.")
 
 
 def _split(value: str, where: str) -> str:
@@ -80,58 +48,13 @@ def _split(value: str, where: str) -> str:
     return SPLITS[key]
 
 
-def read_manifest(path: str | Path) -> list[CaseRecord]:
-    """Read a training manifest CSV into case records (paths are checked later, by the dataset builder).
-
-    Args:
-        path: The CSV file.
-
-    Returns:
-        One record per row, in file order.
+def read_manifest(path: str | Path) -> list[Case]:
+    """Read a training manifest (:func:`aaclip_med.manifest.read_manifest`) with its splits normalised.
 
     Raises:
-        ManifestError: missing file, no header, unknown columns, no image column, bad label or split, empty file.
+        ManifestError: see :func:`aaclip_med.manifest.read_manifest`; also an unknown split.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"Manifest '{path}' does not exist; pass an existing CSV file or a data folder.")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        known = (*MANIFEST_COLUMNS, "path")
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            msg = (
-                f"Manifest '{path}': unknown column '{unknown[0]}'; {did_you_mean(unknown[0], known)}"
-                f"allowed columns: {', '.join(MANIFEST_COLUMNS)} (path = alias of image). Rename or drop it."
-            )
-            raise ManifestError(msg)
-        if ("image" in columns) == ("path" in columns):
-            msg = f"Manifest '{path}': needs exactly one of the columns 'image' or 'path' (header: {columns})."
-            raise ManifestError(msg)
-        image_col = "image" if "image" in columns else "path"
-        records = []
-        for n, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            where = f"{path.name} line {n}"
-            if not row.get(image_col):
-                raise ManifestError(f"{where}: the {image_col} column is empty; give the image file of this row.")
-            image = path.parent / row[image_col]
-            mask = path.parent / row["mask"] if row.get("mask") else None
-            records.append(
-                CaseRecord(
-                    case_id=row.get("case_id") or Path(row[image_col]).name,
-                    image=image,
-                    mask=mask,
-                    label=_label(row.get("label", ""), where),
-                    preset=row.get("preset") or None,
-                    split=_split(row.get("split", ""), where),
-                    where=where,
-                )
-            )
-    if not records:
-        raise ManifestError(f"Manifest '{path}' has a header but no rows; add one row per image or volume.")
-    return records
+    return [dataclasses.replace(c, split=_split(c.split or "", c.where)) for c in manifest.read_manifest(path)]
 
 
 def _files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
@@ -158,7 +81,7 @@ def _find_mask(folders: list[Path], stem: str, where: str) -> Path:
     raise ManifestError(f"{where}: no mask named '{stem}' in {names}; add the mask or remove the image.")
 
 
-def _bmad(root: Path) -> list[CaseRecord]:
+def _bmad(root: Path) -> list[Case]:
     records = []
     for split_dir in ("train", "valid", "val", "test"):
         for state, label in (("good", 0), ("Ungood", 1)):
@@ -169,11 +92,11 @@ def _bmad(root: Path) -> list[CaseRecord]:
                 if label:
                     mask = _find_mask([base / "label", base / "anomaly_mask"], _stem(image), str(image))
                 split = SPLITS[split_dir]
-                records.append(CaseRecord(image.stem, image, mask, label, None, split, str(image)))
+                records.append(Case(image.stem, image, mask, label, None, split, where=str(image)))
     return records
 
 
-def _mvtec(class_dir: Path) -> list[CaseRecord]:
+def _mvtec(class_dir: Path) -> list[Case]:
     records = []
     for defect in sorted(p for p in (class_dir / "test").iterdir() if p.is_dir()):
         label = int(defect.name != "good")
@@ -181,21 +104,21 @@ def _mvtec(class_dir: Path) -> list[CaseRecord]:
             masks = [class_dir / "ground_truth" / defect.name]
             mask = _find_mask(masks, _stem(image), str(image)) if label else None
             case = f"{class_dir.name}/{defect.name}/{image.stem}"
-            records.append(CaseRecord(case, image, mask, label, None, "train", str(image)))
+            records.append(Case(case, image, mask, label, None, "train", where=str(image)))
     return records
 
 
-def _visa(class_dir: Path) -> list[CaseRecord]:
+def _visa(class_dir: Path) -> list[Case]:
     records = []
     for state, label in (("Normal", 0), ("Anomaly", 1)):
         for image in _files(class_dir / "Data" / "Images" / state):
             mask = _find_mask([class_dir / "Data" / "Masks" / state], _stem(image), str(image)) if label else None
             case = f"{class_dir.name}/{image.stem}"
-            records.append(CaseRecord(case, image, mask, label, None, "train", str(image)))
+            records.append(Case(case, image, mask, label, None, "train", where=str(image)))
     return records
 
 
-def _volumes(base: Path, split: str) -> list[CaseRecord]:
+def _volumes(base: Path, split: str) -> list[Case]:
     records = []
     for images_name, labels_names in (("images", ("labels", "masks")), ("imagesTr", ("labelsTr",))):
         image_dir = base / images_name
@@ -204,11 +127,11 @@ def _volumes(base: Path, split: str) -> list[CaseRecord]:
         entries = sorted(p for p in image_dir.iterdir() if p.is_dir() or p.name.lower().endswith(_VOLUME_SUFFIXES))
         for image in entries:
             mask = _find_mask([base / n for n in labels_names], _stem(image), str(image))
-            records.append(CaseRecord(_stem(image), image, mask, None, None, split, str(image)))
+            records.append(Case(_stem(image), image, mask, None, None, split, where=str(image)))
     return records
 
 
-def discover_folder(root: str | Path) -> list[CaseRecord]:
+def discover_folder(root: str | Path) -> list[Case]:
     """Find the training cases of a data folder in one of the supported layouts (module docstring).
 
     Args:
@@ -231,7 +154,7 @@ def discover_folder(root: str | Path) -> list[CaseRecord]:
     if volumes:
         return volumes
     class_dirs = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    records: list[CaseRecord] = []
+    records: list[Case] = []
     for class_dir in class_dirs:
         if (class_dir / "test").is_dir() and (class_dir / "ground_truth").is_dir():
             records += _mvtec(class_dir)
