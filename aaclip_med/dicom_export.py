@@ -154,17 +154,11 @@ def write_dicom_seg(
             segment_descriptions=[segment],
             series_instance_uid=hd.UID(),
             series_number=series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
             omit_empty_frames=omit_empty_frames,
             series_description="AA-CLIP anomaly mask",
             content_description="AA-CLIP anomaly mask",
             content_label="ANOMALY",
-            contributing_equipment=[_EQUIPMENT],
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=_MODEL_NAME,
-            software_versions=_SOFTWARE,
-            device_serial_number="0",  # software, no physical device
+            **_common_attributes(),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         msg = f"highdicom refused to build the SEG for {path}: {_one_line(err)}; check the source series."
@@ -223,8 +217,6 @@ def write_parametric_map(
             pixel_array=frames,
             series_instance_uid=hd.UID(),
             series_number=series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
             voi_lut_transformations=[
@@ -233,11 +225,7 @@ def write_parametric_map(
             content_label="ANOMALY_MAP",
             content_description="AA-CLIP anomaly heatmap",
             series_description="AA-CLIP anomaly heatmap",
-            contributing_equipment=[_EQUIPMENT],
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=_MODEL_NAME,
-            software_versions=_SOFTWARE,
-            device_serial_number="0",  # software, no physical device
+            **_common_attributes(),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         msg = f"highdicom refused to build the Parametric Map for {path}: {_one_line(err)}; check the series."
@@ -305,6 +293,19 @@ def _k_of_frames(ds: pydicom.Dataset) -> npt.NDArray[np.intp]:
     ranks = np.empty_like(order)
     ranks[order] = np.arange(order.size)
     return ranks
+
+
+def _common_attributes() -> dict[str, object]:
+    """Keyword arguments shared by the SEG and the Parametric Map: new instance, who made it."""
+    return {
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "contributing_equipment": [_EQUIPMENT],
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": _MODEL_NAME,
+        "software_versions": _SOFTWARE,
+        "device_serial_number": "0",  # software, no physical device
+    }
 
 
 def _with_type2(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:

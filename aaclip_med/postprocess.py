@@ -1,8 +1,7 @@
 """Turn raw AA-CLIP heatmaps into masks and slice scores into a volume score.
 
 Everything here is pure numpy/scipy on arrays of the source grid, indexed like ``Volume.data`` (``[i, j, k]``).
-Heatmaps are in raw AA-CLIP map units (DESIGN §0): thresholds are applied to them unchanged, and
-:func:`normalise_for_display` exists for pictures only, never for masks or scores.
+Heatmaps are in raw AA-CLIP map units (DESIGN §0): thresholds are applied to them unchanged.
 
 Example:
     >>> import numpy as np
@@ -28,8 +27,6 @@ from aaclip_med.errors import ConfigError, GeometryError, did_you_mean
 
 __all__ = [
     "aggregate_volume_score",
-    "normalise_for_display",
-    "percentile_threshold",
     "remove_small_components",
     "threshold_map",
 ]
@@ -147,81 +144,3 @@ def aggregate_volume_score(
         return float(values.max())
     top = np.sort(values)[-min(k, values.size) :]
     return float(top.mean())
-
-
-def percentile_threshold(
-    heatmap: npt.NDArray[np.floating],
-    pct: float,
-    where: npt.NDArray[np.bool_] | None = None,
-) -> float:
-    """Return the ``pct``-th percentile of the heatmap, for a "percentile" threshold option.
-
-    Args:
-        heatmap: Raw AA-CLIP map.
-        pct: Percentile in [0, 100] (e.g. 99 flags the hottest 1 % of the considered voxels).
-        where: Optional bool mask of the heatmap's shape restricting the voxels considered (e.g. the scored
-            slices or the foreground), so that zeros on skipped slices do not pull the percentile down.
-
-    Returns:
-        The threshold in the heatmap's units. When ``where`` selects no voxel, the heatmap's maximum is
-        returned with a warning, so that ``heatmap > threshold`` is empty.
-
-    Raises:
-        ConfigError: If ``pct`` is outside [0, 100].
-        GeometryError: If the heatmap is empty or ``where`` does not have its shape.
-    """
-    if not 0.0 <= pct <= 100.0:
-        msg = f"Percentile {pct!r} is outside [0, 100]; pass e.g. 99 to flag the hottest 1 % of voxels."
-        raise ConfigError(msg)
-    heat = np.asarray(heatmap)
-    if heat.size == 0:
-        msg = "Heatmap is empty; a percentile threshold needs at least one voxel."
-        raise GeometryError(msg)
-    if where is None:
-        values = heat
-    else:
-        sel = np.asarray(where, dtype=bool)
-        if sel.shape != heat.shape:
-            msg = f"'where' shape {sel.shape} != heatmap shape {heat.shape}; pass a mask on the same grid."
-            raise GeometryError(msg)
-        values = heat[sel]
-        if values.size == 0:
-            warnings.warn("'where' selects no voxel; threshold set to the heatmap maximum.", stacklevel=2)
-            return float(np.nanmax(heat))
-    return float(np.nanpercentile(values, pct))
-
-
-def normalise_for_display(
-    heatmap: npt.NDArray[np.floating],
-    lo_pct: float = 0.0,
-    hi_pct: float = 100.0,
-    where: npt.NDArray[np.bool_] | None = None,
-) -> npt.NDArray[np.float32]:
-    """Scale a heatmap to [0, 1] with per-volume percentiles, for overlays and pictures only.
-
-    Per-volume scaling makes every volume look "hot" somewhere, so it must never feed masks or scores
-    (DESIGN §0: thresholds are in raw map units).
-
-    Args:
-        heatmap: Raw AA-CLIP map.
-        lo_pct: Percentile mapped to 0 (0: the minimum).
-        hi_pct: Percentile mapped to 1 (100: the maximum).
-        where: Optional bool mask restricting the voxels the percentiles are computed over.
-
-    Returns:
-        A float32 array of the heatmap's shape in [0, 1]; all zeros when the map is constant.
-
-    Raises:
-        ConfigError: If the percentiles are not ``0 <= lo_pct < hi_pct <= 100``.
-        GeometryError: If the heatmap is empty or ``where`` does not have its shape.
-    """
-    if not 0.0 <= lo_pct < hi_pct <= 100.0:
-        msg = f"Display percentiles ({lo_pct}, {hi_pct}) must satisfy 0 <= lo < hi <= 100."
-        raise ConfigError(msg)
-    heat = np.asarray(heatmap, dtype=np.float32)
-    lo = percentile_threshold(heat, lo_pct, where)
-    hi = percentile_threshold(heat, hi_pct, where)
-    if not hi > lo:
-        return np.zeros(heat.shape, dtype=np.float32)
-    scaled = (heat - np.float32(lo)) / np.float32(hi - lo)
-    return np.asarray(np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0), dtype=np.float32)

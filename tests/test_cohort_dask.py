@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.test_cohort import CONFIG, make_cohort
 
 from aaclip_med.cohort import run_cohort
+from tests.test_cohort import CONFIG, make_cohort
 
 pytest.importorskip("dask.distributed", reason="needs the 'distributed' extra (dask[distributed])")
 

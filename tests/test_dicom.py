@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from tests.conftest import SeriesSpec, build_enhanced, build_series, file_hashes
 
 from aaclip_med.errors import DicomSeriesError, UnsupportedFormatError
 from aaclip_med.io import list_series, load_source_datasets, read_volume
+from tests.conftest import SeriesSpec, build_enhanced, build_series, file_hashes
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

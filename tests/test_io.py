@@ -8,10 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.conftest import SeriesSpec, file_hashes, rotation
 
 from aaclip_med.errors import DicomSeriesError, GeometryError, UnsupportedFormatError
 from aaclip_med.io import describe_volume, load_source_datasets, read_volume, write_nifti
+from tests.conftest import SeriesSpec, file_hashes, rotation
 
 OBLIQUE = np.eye(4)
 OBLIQUE[:3, :3] = rotation() @ np.diag([-0.9, -1.1, 2.0])  # orthonormal directions: ITK refuses sheared ones

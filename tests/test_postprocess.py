@@ -8,8 +8,6 @@ import pytest
 from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.postprocess import (
     aggregate_volume_score,
-    normalise_for_display,
-    percentile_threshold,
     remove_small_components,
     threshold_map,
 )
@@ -69,28 +67,3 @@ def test_volume_score_uses_only_scored_slices() -> None:
 def test_volume_score_without_scored_slices_warns_and_is_zero() -> None:
     with pytest.warns(UserWarning, match="No slice was scored"):
         assert aggregate_volume_score(np.ones(3), np.zeros(3, bool), "topk_mean") == 0.0
-
-
-def test_percentile_threshold_respects_where() -> None:
-    heat = np.zeros((10, 10, 2), np.float32)
-    heat[..., 1] = np.arange(100, dtype=np.float32).reshape(10, 10)
-    where = np.zeros(heat.shape, bool)
-    where[..., 1] = True
-    assert percentile_threshold(heat, 50.0, where) == pytest.approx(49.5)
-    assert percentile_threshold(heat, 50.0) == 0.0  # the zeros of the skipped slice dominate
-    assert int(threshold_map(heat, percentile_threshold(heat, 90.0, where)).sum()) == 10
-    with pytest.warns(UserWarning, match="selects no voxel"):
-        assert percentile_threshold(heat, 50.0, np.zeros(heat.shape, bool)) == 99.0
-    with pytest.raises(ConfigError, match=r"\[0, 100\]"):
-        percentile_threshold(heat, 101.0)
-
-
-def test_normalise_for_display_range_and_constant_map() -> None:
-    heat = np.linspace(-2.0, 6.0, 27, dtype=np.float32).reshape(3, 3, 3)
-    shown = normalise_for_display(heat)
-    assert shown.dtype == np.float32 and shown.min() == 0.0 and shown.max() == 1.0
-    clipped = normalise_for_display(heat, 10.0, 90.0)
-    assert clipped.min() == 0.0 and clipped.max() == 1.0 and (clipped == 1.0).sum() > 1
-    assert not normalise_for_display(np.full((2, 2, 2), 3.0, np.float32)).any()
-    with pytest.raises(ConfigError):
-        normalise_for_display(heat, 50.0, 50.0)

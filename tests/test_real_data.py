@@ -8,9 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.conftest import file_hashes
 
 from aaclip_med.io import read_volume, write_nifti
+from tests.conftest import file_hashes
 
 
 def _existing(path: Path) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import rotation
 
 from aaclip_med.errors import GeometryError
 from aaclip_med.volume import Volume, display_plan, stack_slices
+from tests.conftest import rotation
 
 RAS = np.diag([1.2, 0.9, 2.5, 1.0])
 LPS_BRATS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])

@@ -1,9 +1,9 @@
 """Training inputs as case records: the manifest CSV (DESIGN section 0) and the folder layouts it can replace.
 
 Manifest columns: ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; all but case_id
-and image are optional; relative paths are taken from the manifest's folder). ``split`` is ``train``, ``val`` (``valid`` and
-``validation`` accepted) or ``test``; test rows are never used for training or selection. Without a split column
-every row is training data.
+and image are optional; relative paths are taken from the manifest's folder). ``split`` is ``train``, ``val``
+(``valid`` and ``validation`` accepted) or ``test``; test rows are never used for training or selection. Without a
+split column every row is training data.
 
 Folder layouts (:func:`discover_folder`):
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.training.conftest import SIZE, write_pair, write_volume
 from PIL import Image
 
 from aaclip_med.errors import ManifestError
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.data import SliceDataset, build_datasets
 from aaclip_med.training.layouts import discover_folder, read_manifest
+from tests.training.conftest import SIZE, write_pair, write_volume
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.training.conftest import SIZE
 from safetensors.torch import load_file
 
 from aaclip_med.errors import OutputError
@@ -17,6 +16,7 @@ from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.data import SliceDataset, build_datasets
 from aaclip_med.training.layouts import read_manifest
 from aaclip_med.training.stages import StageConfig, run_stage, stage1_loss, stage2_loss
+from tests.training.conftest import SIZE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
