@@ -78,6 +78,6 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path: Path) -> None:
     _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(series / "out")], contains="inside")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(blocker / "o")], contains="not a writable")
+    _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(blocker / "o")], contains="writable")
     assert not (tmp_path / "out").exists() and not (series / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
