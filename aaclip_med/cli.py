@@ -117,6 +117,7 @@ PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16."
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
 SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
 ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
+PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
 PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
@@ -138,6 +139,8 @@ def run(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
+    parametric_map: Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")] = False,
+    trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -158,6 +161,8 @@ def run(
             "inference.image_size": image_size,
             "inference.min_component_mm3": min_component_mm3,
             "inference.progress": False if no_progress else None,
+            "inference.trust_pickle": True if trust_pickle else None,
+            "export.parametric_map": True if parametric_map else None,
             "export.include_phi": True if include_phi else None,
         },
     )
@@ -198,6 +203,7 @@ def batch(
     part_id: Annotated[int, typer.Option(min=0, help="The part this call computes (0-based).")] = 0,
     workers: Annotated[int, typer.Option(min=0, help="Dask LocalCluster worker processes (0: in-process).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler tcp://HOST:PORT.")] = None,
+    trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -209,6 +215,7 @@ def batch(
         "inference.adapter_weights": adapter_weights, "inference.threshold": threshold,
         "inference.device": device, "inference.precision": precision, "inference.batch_size": batch_size,
         "inference.image_size": image_size, "inference.progress": False,
+        "inference.trust_pickle": True if trust_pickle else None,
         "export.include_phi": True if include_phi else None,
     })  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,

@@ -186,6 +186,7 @@ class InferenceConfig:
     topk: int = 3  # slices averaged by "topk_mean"; less sensitive to one noisy slice than "max"
     min_component_mm3: float = 0.0  # 3D components smaller than this are removed from the mask (0: keep all)
     seed: int = 0  # seeds a random backbone so that demo/test runs are reproducible
+    trust_pickle: bool = False  # full-pickle .pth weights can run code when loaded: only for files you trust
     progress: bool = True
 
 

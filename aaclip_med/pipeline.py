@@ -136,6 +136,7 @@ def load_model(config: RunConfig) -> AACLIP:
         precision=inf.precision,
         image_size=inf.image_size,
         seed=inf.seed,
+        trust_pickle=inf.trust_pickle,
     )
 
 
