@@ -75,8 +75,8 @@ def info(
         return
     width = max(len(k) for k in desc)
     for key, value in desc.items():
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-            value = "; ".join(value)
+        if isinstance(value, (list, tuple)) and (not value or isinstance(value[0], str)):
+            value = "; ".join(value) or "none"
         typer.echo(f"{key:<{width}}  {value}")
 
 
