@@ -68,7 +68,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from aaclip_med.cohort import evaluate, run_cohort
+    from aaclip_med.cohort.evaluate import evaluate
+    from aaclip_med.cohort.runner import run_cohort
     from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
     from aaclip_med.errors import AACLIPMedError
     from aaclip_med.inference import VolumeResult, score_volume

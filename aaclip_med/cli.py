@@ -12,12 +12,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from aaclip_med._logging import configure_logging
 from aaclip_med.errors import AACLIPMedError
+
+if TYPE_CHECKING:
+    from aaclip_med.config import RunConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,14 +83,14 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
-def _run_config(config: Path | None, overrides: dict[str, Any]) -> Any:
+def _run_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
     """A RunConfig from an optional TOML file, with the flags that were given laid over it."""
     import dataclasses
 
     from aaclip_med.config import RunConfig, load_run_config
 
     cfg = load_run_config(config) if config is not None else RunConfig()
-    sections = {"inference": cfg.inference, "export": cfg.export}
+    sections: dict[str, Any] = {"inference": cfg.inference, "export": cfg.export}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:

@@ -24,6 +24,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -295,7 +296,19 @@ def _k_of_frames(ds: pydicom.Dataset) -> npt.NDArray[np.intp]:
     return ranks
 
 
-def _common_attributes() -> dict[str, object]:
+class _CommonAttributes(TypedDict):
+    """Keyword arguments shared by the highdicom SEG and Parametric Map constructors."""
+
+    sop_instance_uid: hd.UID
+    instance_number: int
+    contributing_equipment: list[hd.ContributingEquipment]
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def _common_attributes() -> _CommonAttributes:
     """Keyword arguments shared by the SEG and the Parametric Map: new instance, who made it."""
     return {
         "sop_instance_uid": hd.UID(),
@@ -346,7 +359,7 @@ def _save(dataset: pydicom.Dataset, path: Path, include_phi: bool) -> Path:
             if keyword in dataset:
                 # replace the element (attribute assignment would edit it in place, and highdicom shares
                 # elements with the source datasets, which must stay untouched)
-                old = dataset.data_element(keyword)
+                old = dataset[keyword]
                 dataset[old.tag] = pydicom.DataElement(old.tag, old.VR, [] if old.VR == "SQ" else "")
         dataset.PatientIdentityRemoved = "YES"
         dataset.DeidentificationMethod = "aaclip-med: patient name, ID and birth date blanked"

@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from aaclip_med._typing import PathLike
 from aaclip_med.errors import ManifestError
 from aaclip_med.manifest import MANIFEST_COLUMNS, Case, check_case_id, read_manifest
 
@@ -175,7 +176,9 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
     if not root.is_dir():
         raise ManifestError(f"'{root}' is neither a manifest CSV nor a folder; check the path.")
     skip = [Path(p).resolve() for p in exclude]
-    volumes, masks, others = [], [], []
+    volumes: list[Path] = []
+    masks: list[Path] = []
+    others: list[Path] = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
@@ -193,8 +196,8 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
         rel = image.relative_to(root)
         found.append((_stem(image), "__".join((*rel.parts[:-1], _stem(image))), image, pairs.get(image), None))
     for image_dir, selector, name in _dicom_cases(others, root) if others else []:
-        rel = image_dir.relative_to(root).parts
-        found.append((name, "__".join((*rel[:-1], name)) if rel else name, image_dir, None, selector))
+        parts = image_dir.relative_to(root).parts
+        found.append((name, "__".join((*parts[:-1], name)) if parts else name, image_dir, None, selector))
     counts: dict[str, int] = {}
     for name, *_ in found:
         counts[name] = counts.get(name, 0) + 1
@@ -213,7 +216,7 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def load_cases(source: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
+def load_cases(source: PathLike, *, exclude: Sequence[Path] = ()) -> list[Case]:
     """Cases of a manifest CSV (a ``.csv`` file) or of a data folder (:func:`discover`)."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".csv":

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,7 +63,8 @@ def _slice_table(case_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_array(path: Path) -> np.ndarray:
     import nibabel as nib
 
-    return np.asarray(nib.load(str(path)).dataobj)
+    img = cast(nib.Nifti1Image, nib.load(str(path)))  # the run's own NIfTI outputs
+    return np.asarray(img.dataobj)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _metrics(
     slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
-    group.image_labels.append(ref.any(axis=other).astype(np.float64))
+    group.image_labels.append(np.asarray(ref.any(axis=other), dtype=np.float64))
     group.image_scores.append(slice_scores)
     return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
 

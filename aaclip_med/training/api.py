@@ -7,6 +7,7 @@ is ``--out``; every other argument is ``--name-with-dashes``).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import random
@@ -134,11 +135,11 @@ def train(
     val_ds = SliceDataset(val_items, size) if val_items else None
     logger.info("Training on %d samples (%d anomalous), validating on %d", len(train_items),
                 sum(it.label for it in train_items), len(val_items))
-    common = {"vv_axis": vv_axis, "seed": seed, "progress": progress, "stage1_levels": stage1_levels,
-              "stage1_cls_loss": stage1_cls_loss}
+    stage_config = functools.partial(StageConfig, vv_axis=vv_axis, seed=seed, progress=progress,
+                                     stage1_levels=stage1_levels, stage1_cls_loss=stage1_cls_loss)
     stages = [
-        (StageConfig(1, text_epochs, text_batch_size, text_lr, **common), Augmenter(False, seed=seed)),
-        (StageConfig(2, image_epochs, image_batch_size, image_lr, tuple(image_lr_milestones), **common),
+        (stage_config(1, text_epochs, text_batch_size, text_lr), Augmenter(False, seed=seed)),
+        (stage_config(2, image_epochs, image_batch_size, image_lr, tuple(image_lr_milestones)),
          Augmenter(True, seed=seed + 1)),
     ]
     histories: list[list[dict[str, Any]]] = [[], []]

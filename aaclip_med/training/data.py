@@ -44,7 +44,7 @@ class SliceItem:
         case_id: The case it comes from.
         preset: Modality preset name (selects prompts, anchors and the window).
         label: 1 when the mask has an anomalous pixel (or the manifest says so for a mask-less normal image).
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val`` or ``test`` (None when the manifest leaves it empty).
         path: The 2D image file (None for a volume slice).
         mask_path: The 2D mask file, or None.
         slice_index: Index along the volume's slice axis (-1 for 2D pictures).
@@ -55,7 +55,7 @@ class SliceItem:
     case_id: str
     preset: str
     label: int
-    split: str
+    split: str | None
     path: str | None = None
     mask_path: str | None = None
     slice_index: int = -1

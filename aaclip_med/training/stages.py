@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,7 +137,8 @@ def stage2_loss(model: AACLIP, batch: dict[str, Any], cfg: StageConfig) -> dict[
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # numpy's stubs type the default call as the dict overload; at run time it returns the legacy tuple
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {
         "generator": generator.get_state(),
         "torch": torch.get_rng_state(),
