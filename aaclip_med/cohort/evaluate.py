@@ -140,12 +140,13 @@ def evaluate(
             names["xlsx"] = "evaluation.xlsx"
             report.write_xlsx({"summary": sheets.summary, "cases": sheets.cases, "slices": sheets.slices},
                               tmp / names["xlsx"])  # fmt: skip
+        prov = report.provenance({"normalisation": normalisation, "predictions": str(predictions)},
+                                 sheets.provenance_model.get("metadata"), [labels])  # fmt: skip
         names["report"] = "report.html"
         link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
-                                 failures=sheets.failures, untrained=sheets.untrained,
+                                 failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
                                  title="aaclip-med evaluation", case_link=link)  # fmt: skip
         names["marker"] = MARKER
-        report.write_json({"predictions": str(predictions), "labels": str(labels), "normalisation": normalisation},
-                          tmp / MARKER)  # fmt: skip
+        report.write_json(prov, tmp / MARKER)
     return EvalResult(out, sheets, {k: out / v for k, v in names.items()})

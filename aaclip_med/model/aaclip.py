@@ -41,6 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TEMPERATURE = 100.0  # fixed logit scale of the similarity maps (spec 4)
+CPU_CHUNK = 2  # images per vision pass on CPU at inference (measured, benchmarks/README.md)
 
 
 class SliceOutput(NamedTuple):
@@ -282,7 +283,16 @@ class AACLIP(nn.Module):
         return taps
 
     def encode_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Adapted vision features (spec 2.4): per-level normalised seg tokens (B,N,D) and the det token (B,D)."""
+        """Adapted vision features (spec 2.4): per-level normalised seg tokens (B,N,D) and the det token (B,D).
+
+        Without gradient on CPU, runs at most ``CPU_CHUNK`` images per pass: a ViT-L block at 8 images is ~1.5x
+        slower per image than at 1-2, as activations leave the cache (benchmarks/README.md).
+        """
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and len(x) > CPU_CHUNK:
+            parts = [self.encode_levels(chunk) for chunk in x.split(CPU_CHUNK)]
+            return [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)], torch.cat(
+                [p[1] for p in parts]
+            )
         ln_post = self.clip.visual.ln_post
         tokens = [ln_post(t[:, 1:]) for t in self.vision_taps(x)]
         seg = [F.normalize(proj(t), dim=-1) for proj, t in zip(self.image_adapter.seg_proj, tokens, strict=True)]

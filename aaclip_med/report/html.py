@@ -193,8 +193,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _table(rows: Sequence[Mapping[str, Any]], links: Sequence[str | None] | None = None) -> dict[str, Any]:
-    """Pre-format rows for the templates; numeric columns (all values numbers or empty) are right-aligned."""
-    names = _columns(rows)
+    """Pre-format rows for the templates; numeric columns (all values numbers or empty) are right-aligned.
+
+    Long free-text ``reasons`` (why a metric is NaN) would stretch every row, so they become notes under the table.
+    """
+    names = [n for n in _columns(rows) if n != "reasons"]
+    notes = [f"{next(iter(r.values()), '')}: {r['reasons']}" for r in rows if r.get("reasons")]
     columns = [
         {"name": name, "numeric": all(_is_number(r.get(name)) or r.get(name) is None for r in rows)}
         for name in names
@@ -210,7 +214,7 @@ def _table(rows: Sequence[Mapping[str, Any]], links: Sequence[str | None] | None
         ]
         for i, row in enumerate(rows)
     ]
-    return {"columns": columns, "rows": body}
+    return {"columns": columns, "rows": body, "notes": notes}
 
 
 def write_cohort_html(
