@@ -315,15 +315,29 @@ def run_end_to_end(model: AACLIP, volume: Path, folder: Path, batch: int) -> dic
     }
 
 
+def peak_rss_gib() -> float:
+    """Peak RSS of this process: ``VmHWM`` on Linux, else ``ru_maxrss``.
+
+    Linux keeps ``ru_maxrss`` across fork+exec, so a child started by a 3 GiB parent reports at least 3 GiB;
+    ``VmHWM`` starts afresh at exec.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def rss_child(name: str, n_slices: int, scored: int | None, batch: int) -> None:
-    """Subprocess body: build the model, score one volume, print peak RSS (``ru_maxrss``) as JSON."""
+    """Subprocess body: build the model, score one volume, print its peak RSS as JSON."""
     from aaclip_med.inference import score_volume
     from aaclip_med.io import read_volume
 
     with tempfile.TemporaryDirectory() as tmp:
         path, what = brain_volume(Path(tmp), n_slices, scored)
         model = _build(name, "cpu")
-        rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        rss_model = peak_rss_gib()
         t0 = time.perf_counter()
         res = score_volume(
             model, read_volume(path), PRESET, config=InferenceConfig(batch_size=batch), progress=False
@@ -339,7 +353,7 @@ def rss_child(name: str, n_slices: int, scored: int | None, batch: int) -> None:
                 "batch": batch,
                 "score_s": sec,
                 "peak_rss_after_build_gib": rss_model,
-                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_rss_gib": peak_rss_gib(),
             }
         )
     )
@@ -383,7 +397,12 @@ def bench_cohort(folder: Path, n_cases: int, workers: tuple[int, ...]) -> dict[s
             warnings.simplefilter("ignore", UserWarning)
             res = run_cohort(src, folder / f"cohort_out_{w}", config=cfg, workers=w, progress=False)
         sec = time.perf_counter() - t0
-        out[f"workers_{w}"] = {"seconds": sec, "cases_per_min": 60 * n_cases / sec, "failed": res.n_failed}
+        out[f"workers_{w}"] = {
+            "seconds": sec,
+            "cases_per_min": 60 * (n_cases - res.n_failed) / sec,
+            "failed": res.n_failed,
+            "failures": [f.get("message") for f in res.failures],
+        }
     return out
 
 
