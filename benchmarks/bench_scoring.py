@@ -47,7 +47,7 @@ import torch
 import aaclip_med.model.aaclip as aaclip_mod
 from aaclip_med.config import ExportConfig, InferenceConfig, RunConfig, get_preset
 from aaclip_med.model import AACLIP, create_model
-from aaclip_med.model.aaclip import level_anomaly_maps
+from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

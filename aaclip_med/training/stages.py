@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from aaclip_med.config import get_preset
-from aaclip_med.model.aaclip import AACLIP, training_probs
+from aaclip_med.model.aaclip import AACLIP
+from aaclip_med.model.maps import training_probs
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.training.calibrate import collect_validation
 from aaclip_med.training.data import SliceDataset

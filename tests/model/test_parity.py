@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aaclip_med.model import AACLIP, create_model
-from aaclip_med.model.aaclip import training_probs
+from aaclip_med.model.maps import training_probs
 
 TOL = 1e-4
 
