@@ -137,6 +137,7 @@ def run(
     preset: PresetOpt = None,
     threshold: ThresholdOpt = None,
     series: Annotated[str | None, typer.Option(help="DICOM series: UID, number or description.")] = None,
+    volume_index: Annotated[int | None, typer.Option(min=0, help="Volume of a 4D NIfTI to score.")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchOpt = None,
@@ -169,7 +170,7 @@ def run(
             "export.include_phi": True if include_phi else None,
         },
     )
-    outputs = run_study(input_path, out, config=cfg, series=series)
+    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
     res = outputs.result
     if res.untrained_backbone:
         typer.secho(

@@ -148,6 +148,7 @@ def run_study(
     model: AACLIP | None = None,
     series: str | None = None,
     case_id: str | None = None,
+    volume_index: int | None = None,
 ) -> RunOutputs:
     """Score one study and write the run folder (layout: reports/README.md).
 
@@ -158,6 +159,7 @@ def run_study(
         model: An already built model (cohorts build it once); else built from ``config``.
         series: DICOM series selector (UID, number or description).
         case_id: Name used in sheets and the report; default the input's name.
+        volume_index: Volume of a 4D NIfTI to score.
 
     Returns:
         The output folder, the result and the written files.
@@ -180,7 +182,7 @@ def run_study(
     _check_names(cfg, model)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    volume = read_volume(src, series=series)
+    volume = read_volume(src, series=series, volume_index=volume_index)
     timings["read_s"] = time.perf_counter() - t0
     preset = resolve_preset(cfg.preset, volume)
     cfg = dataclasses.replace(cfg, preset=preset.name)
