@@ -20,3 +20,11 @@ def configure_logging(verbosity: int = 0) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False  # some dependencies configure the root logger; do not print records twice
+    # Dependencies that log through the root logger (open_clip's "No pretrained weights loaded") would make
+    # logging call basicConfig() and print despite -q: give root our handler, at WARNING at most.
+    root_handler = logging.StreamHandler()
+    root_handler.setFormatter(handler.formatter)
+    root_handler.setLevel(max(level, logging.WARNING))
+    root_handler.set_name("aaclip_med")
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "aaclip_med"] + [root_handler]

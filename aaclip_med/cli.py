@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from aaclip_med._logging import configure_logging
 from aaclip_med.errors import AACLIPMedError
@@ -24,7 +26,26 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# recent typer vendors click as typer._click; older releases use click itself
+_click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Report a bad flag or argument of a command as one ``error:`` line (exit 2), not click's usage box."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _click.exceptions.NoArgsIsHelpError:
+            raise
+        except _click.exceptions.UsageError as err:
+            where = f"`{err.ctx.command_path} --help`" if err.ctx is not None else "--help"
+            typer.secho(f"error: {err.format_message().rstrip('.')} (see {where}).", fg=typer.colors.RED, err=True)
+            raise typer.Exit(err.exit_code) from err
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="aaclip-med",
     help="AA-CLIP anomaly detection for medical volumes (DICOM, NIfTI, NRRD/MHA).",
     no_args_is_help=True,

@@ -7,6 +7,7 @@ window, the foreground rule used to skip empty slices, the prompt set and the ma
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,6 +190,24 @@ class InferenceConfig:
     trust_pickle: bool = False  # full-pickle .pth weights can run code when loaded: only for files you trust
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse values that would only fail (or silently misbehave) after the slow model build."""
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            bad = f"threshold={self.threshold!r} is not a finite number; pass a value in raw AA-CLIP map units"
+        elif self.batch_size < 1 or self.topk < 1:
+            bad = f"batch_size={self.batch_size}, topk={self.topk}: both must be >= 1"
+        elif self.image_size is not None and not 32 <= self.image_size <= 2048:
+            bad = f"image_size={self.image_size} is out of range; use 32..2048 (or leave it unset)"
+        elif not math.isfinite(self.min_component_mm3) or self.min_component_mm3 < 0:
+            bad = f"min_component_mm3={self.min_component_mm3!r} must be a finite number >= 0"
+        elif self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            bad = f"precision={self.precision!r} is not valid; use auto, fp32, bf16 or fp16"
+        elif self.volume_score not in ("max", "topk_mean"):
+            bad = f"volume_score={self.volume_score!r} is not valid; use max or topk_mean"
+        else:
+            return
+        raise ConfigError(f"Invalid inference setting: {bad}.")
+
 
 @dataclass(frozen=True, slots=True)
 class ExportConfig:
@@ -219,7 +238,8 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         msg = (
-            f"Unknown key(s) {unknown} in [{where}]; {did_you_mean(unknown[0], names)}"
+            f"Unknown key(s) {unknown} in {f'[{where}]' if where else 'the top level'}; "
+            f"{did_you_mean(unknown[0], names)}"
             f"known: {', '.join(names)}. Fix the TOML file."
         )
         raise ConfigError(msg)
@@ -237,7 +257,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as err:
-        msg = f"Invalid [{where}] table: {err}. Fix the TOML file."
+        msg = f"Invalid {f'[{where}] table' if where else 'top level'}: {err}. Fix the TOML file."
         raise ConfigError(msg) from err
 
 
@@ -256,11 +276,14 @@ def load_run_config(path: str | Path) -> RunConfig:
     except FileNotFoundError as err:
         msg = f"{path}: run config not found. Check the path."
         raise ConfigError(msg) from err
-    except tomllib.TOMLDecodeError as err:
-        msg = f"{path}: not valid TOML ({err}). Fix the file."
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+        msg = f"{path}: not a readable TOML file ({err}). Fix it; see pipelines/liver_ct.toml for an example."
         raise ConfigError(msg) from err
     data.pop("description", None)
-    cfg: RunConfig = _build(RunConfig, data, "")
+    try:
+        cfg: RunConfig = _build(RunConfig, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     if cfg.preset is not None:
         get_preset(cfg.preset)
     return cfg

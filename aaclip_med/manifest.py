@@ -9,6 +9,7 @@ file, the line and the fix.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,7 +126,12 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
         raise ManifestError(f"Manifest '{path}' does not exist; pass an existing CSV file or a data folder.")
     cases: list[Case] = []
     seen: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        msg = f"Manifest '{path}' is not a CSV text file ({err.reason}); pass a manifest CSV or a data folder."
+        raise ManifestError(msg) from err
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         _, image_col = _header(path, reader.fieldnames)
         for n, raw in enumerate(reader, start=2):

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from aaclip_med._typing import Affine, Array, Array2D, Array3D
-from aaclip_med.errors import GeometryError
+from aaclip_med.errors import GeometryError, UnsupportedFormatError
 
 __all__ = ["Volume", "display_plan", "replace_nan", "stack_slices"]
 
@@ -104,6 +104,9 @@ def _from_display(img: Array, plan: DisplayPlan) -> Array:
 def replace_nan(data: Array, source: str) -> tuple[Array3D, str | None]:
     """Return float32 data with NaN/inf replaced by the finite minimum, and the warning text (or ``None``).
 
+    Raises:
+        UnsupportedFormatError: no voxel is finite.
+
     NaN carries no intensity, so it is treated as background: the smallest finite value keeps windows and
     foreground rules meaningful, where 0 could sit inside the tissue range of CT (HU) or z-scored MRI.
     """
@@ -112,7 +115,10 @@ def replace_nan(data: Array, source: str) -> tuple[Array3D, str | None]:
     if not bad.any():
         return out, None
     finite = out[~bad]
-    fill = float(finite.min()) if finite.size else 0.0
+    if not finite.size:
+        msg = f"'{source}' holds no finite voxel value (all NaN/inf); re-export the image from its source."
+        raise UnsupportedFormatError(msg)
+    fill = float(finite.min())
     out = np.where(bad, np.float32(fill), out).astype(np.float32)
     text = f"{source}: {int(bad.sum())} NaN/inf voxels replaced by the volume minimum {fill:g}"
     return out, text

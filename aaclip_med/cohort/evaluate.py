@@ -128,6 +128,10 @@ def evaluate(
     cases_dir, ids = find_runs(predictions)
     cases = _cases(cases_dir, ids, labels)
     sheets = assemble(cases, cases_dir, {}, normalisation=normalisation)
+    skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
+    if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
+        msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"
+        raise ManifestError(msg.replace("evaluation skipped: ", ""))
     out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
     names = {"slices": "slices.csv", "cases": "cases.csv", "summary": "summary.csv", "json": "summary.json"}
     with staged_output(out) as tmp:

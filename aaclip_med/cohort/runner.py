@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import traceback
 import uuid
@@ -123,6 +124,27 @@ def _in_process(
     model = model or (cached_model(cfg) if todo else None)
     for case in todo:
         yield run_case(case, cases_dir, cfg, model)
+
+
+def _check_scheduler(scheduler: str | None) -> None:
+    """Fail fast on a scheduler that is not 'local' nor a reachable ``tcp://HOST:PORT`` (no 30 s connect wait).
+
+    Raises:
+        ConfigError: malformed address, unknown host, or nothing listening there.
+    """
+    if scheduler in (None, "local"):
+        return
+    scheme, _, rest = str(scheduler).partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit():
+        msg = f"scheduler={scheduler!r} is not valid; use 'local' or the address of a Dask scheduler, tcp://HOST:PORT."
+        raise ConfigError(msg)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        msg = (f"Cannot reach the Dask scheduler {scheduler} ({err.strerror or err}); start it with "
+               "`dask scheduler` or use 'local'.")
+        raise ConfigError(msg) from err
 
 
 def _dask(todo: Sequence[Case], cases_dir: Path, cfg: RunConfig, workers: int, scheduler: str | None
@@ -252,6 +274,7 @@ def run_cohort(
     cfg = config or RunConfig()
     cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, progress=False))
     out = Path(out_dir)
+    _check_scheduler(scheduler)
     _check_out(out)
     mine = shard(load_cases(source, exclude=[out]), num_parts, part_id)
     cases_dir = out / "cases"

@@ -138,6 +138,31 @@ def _cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def resolve_device(device: str) -> torch.device:
+    """Resolve ``auto`` (CUDA when present, else CPU) and check that the named device exists here.
+
+    Raises:
+        ConfigError: not a device name, or a CUDA/MPS device this machine does not have.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        msg = f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N."
+        raise ConfigError(msg) from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            msg = f"device={device!r}: this machine has {count} usable CUDA GPU(s); use --device cpu or auto."
+            raise ConfigError(msg)
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r}: MPS is not available here; use --device cpu or auto.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return dev
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX/avx512-bf16, fp32 otherwise.
 
@@ -252,9 +277,8 @@ def create_model(
     import open_clip
 
     spec = get_spec(name)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)  # both checked before the slow backbone build
     size = image_size or spec.image_size
     source = adapter_weights
     if source is None and spec.default_adapters is not None:
@@ -270,7 +294,7 @@ def create_model(
         torch.manual_seed(seed)
         clip, info = _build_backbone(spec, backbone_weights or spec.default_backbone, size, seed, trust_pickle)
         model = AACLIP(
-            clip, spec, open_clip.get_tokenizer(spec.arch), size, resolve_precision(precision, dev), info
+            clip, spec, open_clip.get_tokenizer(spec.arch), size, prec, info
         )
         torch.manual_seed(seed + 1)  # adapters: independent of how much RNG the backbone consumed
         from aaclip_med.model.adapters import xavier_init_

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from aaclip_med.config import get_preset
-from aaclip_med.errors import OutputError
+from aaclip_med.errors import ConfigError, OutputError
 from aaclip_med.model.factory import create_model
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.surgery import check_vv_axis
@@ -120,6 +120,8 @@ def train(
     """
     check_vv_axis(vv_axis)
     parse_threshold_rule(threshold_rule)
+    if stage1_levels not in ("last", "all"):
+        raise ConfigError(f"stage1_levels={stage1_levels!r} is not valid; use 'last' (reference) or 'all'.")
     out = Path(out_dir)
     if not resume and any(checkpoint_path(out, s).exists() for s in (1, 2)):
         raise OutputError(f"'{out}' holds checkpoints of an earlier run; pass --resume to continue it or choose "
@@ -127,10 +129,10 @@ def train(
     data = Path(data)
     records = read_manifest(data) if data.is_file() else discover_folder(data)
     train_items, val_items = build_datasets(records, preset)
-    out.mkdir(parents=True, exist_ok=True)
     _seed_everything(seed)
     net = create_model(model, backbone_weights=backbone_weights, device=device, precision=precision,
                        image_size=image_size, seed=seed, adapter_weights=None)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad model, device or precision leaves no folder
     size = net.input_size
     val_ds = SliceDataset(val_items, size) if val_items else None
     logger.info("Training on %d samples (%d anomalous), validating on %d", len(train_items),
