@@ -83,7 +83,7 @@ def check_case_id(case_id: str, where: str) -> str:
     return case_id
 
 
-def _header(path: Path, fieldnames: Sequence[str] | None) -> tuple[list[str], str]:
+def _header(path: Path, fieldnames: Sequence[str] | None, images: bool) -> tuple[list[str], str | None]:
     columns = [c.strip() for c in fieldnames or []]
     if not columns:
         msg = f"Manifest '{path}' is empty; write a header line case_id,image,mask,label,preset,split."
@@ -96,20 +96,22 @@ def _header(path: Path, fieldnames: Sequence[str] | None) -> tuple[list[str], st
             f"allowed: {', '.join(MANIFEST_COLUMNS)} (path = alias of image). Rename or drop it."
         )
         raise ManifestError(msg)
-    if ("image" in columns) == ("path" in columns):
+    if "image" in columns and "path" in columns or images and "image" not in columns and "path" not in columns:
         msg = f"Manifest '{path}': needs exactly one of the columns 'image' or 'path' (header: {columns})."
         raise ManifestError(msg)
     if "case_id" not in columns:
         raise ManifestError(f"Manifest '{path}': the case_id column is missing (header: {columns}); add it.")
-    return columns, "image" if "image" in columns else "path"
+    return columns, next((c for c in ("image", "path") if c in columns), None)
 
 
-def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
+def read_manifest(path: str | Path, *, check_files: bool = True, images: bool = True) -> list[Case]:
     """Read a cohort manifest CSV.
 
     Args:
         path: The CSV file.
         check_files: Fail when an image or mask path does not exist.
+        images: Require the image column; ``False`` reads a labels-only sheet (``case_id,mask,label``) for
+            evaluation, whose cases then have an empty ``image``.
 
     Returns:
         One case per row, in file order.
@@ -133,7 +135,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
         raise ManifestError(msg) from err
     with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
-        _, image_col = _header(path, reader.fieldnames)
+        _, image_col = _header(path, reader.fieldnames, images)
         for n, raw in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             where = f"{path.name} line {n}"
@@ -144,16 +146,16 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
                 msg = f"{where}: case_id '{case_id}' repeats {seen[case_id]}; case ids must be unique."
                 raise ManifestError(msg)
             seen[case_id] = where
-            if not row.get(image_col):
+            if image_col is not None and not row.get(image_col):
                 msg = f"{where}: the {image_col} column is empty; give the image of case '{case_id}'."
                 raise ManifestError(msg)
-            image = path.parent / row[image_col]
+            image = path.parent / row[image_col] if image_col is not None else None
             mask = path.parent / row["mask"] if row.get("mask") else None
             for kind, p in (("image", image), ("mask", mask)):
                 if check_files and p is not None and not p.exists():
                     msg = f"{where}: {kind} '{p}' does not exist; fix the path (relative to {path.parent})."
                     raise ManifestError(msg)
-            cases.append(Case(case_id, image, mask, _label(row.get("label", ""), where),
+            cases.append(Case(case_id, image or Path(), mask, _label(row.get("label", ""), where),
                               _preset(row.get("preset", ""), where), row.get("split") or None,
                               row.get("series") or None, where))
     if not cases:

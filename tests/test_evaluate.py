@@ -66,7 +66,7 @@ def test_set_normalisation_keeps_ranking_metrics(scored: tuple[Path, Path]) -> N
 def test_manifest_labels_and_missing_mask_message(scored: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, mask = scored
     manifest = tmp_path / "labels.csv"
-    manifest.write_text(f"case_id,image,mask,label\n{run_dir.name},{mask},{mask},1\n")
+    manifest.write_text(f"case_id,mask,label\n{run_dir.name},{mask},1\n")  # a labels-only sheet
     assert evaluate(run_dir, manifest, tmp_path / "m").sheets.cases[0]["label"] == 1
     with pytest.raises(ManifestError, match="no such file"):
         evaluate(run_dir, tmp_path / "absent.nii.gz")
@@ -86,3 +86,13 @@ def test_real_brats_case_full_report(shared_dir: Path, tmp_path: Path) -> None:
     assert 0.0 <= row["pixel_auroc"] <= 1.0 and row["lesions_ref"] >= 1
     html = (res.out_dir / "report.html").read_text()
     assert "untrained" in html.lower()  # the demo model is labelled as such
+
+
+def test_mask_with_same_shape_but_other_grid_is_refused(scored: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, mask = scored
+    img = nib.load(mask)
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([2.0, 2.0, 2.0, 1.0])), shifted)
+    with pytest.raises(ManifestError, match="affine"):
+        evaluate(run_dir, shifted, tmp_path / "e")
+    assert not (tmp_path / "e").exists()

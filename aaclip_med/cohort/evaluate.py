@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aaclip_med._typing import PathLike
@@ -76,7 +76,8 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
         msg = f"Labels {src}: no such file or folder. Pass a mask, a manifest CSV or a folder of masks."
         raise ManifestError(msg)
     if src.suffix.lower() == ".csv":
-        by_id = {c.case_id: c for c in read_manifest(src)}
+        rows = read_manifest(src, images=False)  # the images are known from the predictions' run.json
+        by_id = {c.case_id: replace(c, image=_source(cases_dir, c.case_id)) for c in rows if c.case_id in ids}
         unknown = sorted(set(ids) - set(by_id))
         if unknown:
             logger.warning("no labels in %s for %d case(s): %s", src, len(unknown), ", ".join(unknown[:5]))

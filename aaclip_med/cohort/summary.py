@@ -30,6 +30,7 @@ CASE_SHEET_COLUMNS = (
 )
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
 MARKER = "run.json"
+_AFFINE_TOL_MM = 1e-3  # a mask on the image's grid matches to float rounding (DICOM positions are text)
 
 
 @dataclass
@@ -58,6 +59,12 @@ def _slice_table(case_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     scores = np.array([float(r["score"]) for r in rows], dtype=np.float64)
     scored = np.array([r["scored"] == "True" for r in rows], dtype=bool)
     return scores, scored
+
+
+def _affine(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(cast(nib.Nifti1Image, nib.load(str(path))).affine)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -128,9 +135,14 @@ def _metrics(
         return {}
     reasons: list[str] = []
     heatmap, threshold = scale.apply(_read_array(case_dir / "heatmap.nii.gz").astype(np.float32), threshold)
-    ref = read_volume(case.mask).data > 0
+    ref_volume = read_volume(case.mask)
+    ref = ref_volume.data > 0
+    why = ""
     if ref.shape != heatmap.shape:
         why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
+    elif not np.allclose(ref_volume.affine, _affine(case_dir / "heatmap.nii.gz"), atol=_AFFINE_TOL_MM):
+        why = f"mask {case.mask} has the image's shape but another position/spacing (affine); resample the mask"
+    if why:
         logger.warning("%s: %s", case.case_id, why)
         return {"reasons": why}
     qa = json.loads((case_dir / "qa.json").read_text(encoding="utf-8"))
