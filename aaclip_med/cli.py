@@ -246,6 +246,8 @@ def batch(
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
     typer.echo(f"{res.n_done} cases scored, {res.n_skipped} already finished, {res.n_failed} failed")
+    if res.n_failed and not res.n_done + res.n_skipped:
+        _fail(f"all {res.n_failed} cases failed; see {res.files['failures']} for each one's error")
     if res.n_failed:
         typer.secho(f"failures: {res.files['failures']}", fg=typer.colors.YELLOW, err=True)
     if num_parts > 1:

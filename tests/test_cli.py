@@ -81,3 +81,14 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path: Path) -> None:
     _fails_cleanly(["run", str(series), "--model", "aaclip-tiny", "-o", str(blocker / "o")], contains="writable")
     assert not (tmp_path / "out").exists() and not (series / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_batch_where_every_case_fails_exits_2(tmp_path: Path) -> None:
+    src = tmp_path / "cohort"
+    src.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (src / name).write_text("not a nifti")
+    args = ["-q", "batch", str(src), "-o", str(tmp_path / "out"), "--model", "aaclip-tiny", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "all 2 cases failed" in result.output
+    assert (tmp_path / "out" / "failures.csv").is_file()  # the failure sheet says why, per case
