@@ -12,13 +12,13 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import OutputError
 
-__all__ = ["atomic_path", "sha256_file"]
+__all__ = ["atomic_path", "check_outside_inputs", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -63,3 +63,20 @@ def sha256_file(path: PathLike) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_outside_inputs(out_dir: PathLike, inputs: Iterable[PathLike], flag: str = "-o/--out") -> None:
+    """Refuse an output folder that is an input, lies inside one or contains one (inputs are never modified).
+
+    Raises:
+        OutputError: naming the output, the input it overlaps and the flag to change.
+    """
+    out = Path(out_dir).resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            msg = (
+                f"Output folder {out_dir} is the input, inside it or contains it ({given}); "
+                f"outputs never go inside or over the input. Choose another {flag} folder."
+            )
+            raise OutputError(msg)

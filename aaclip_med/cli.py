@@ -137,7 +137,7 @@ PresetOpt = Annotated[
 ]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16.")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, int8 (CPU, opt-in).")]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
 SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
 ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
@@ -165,6 +165,9 @@ def run(
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
     parametric_map: Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")] = False,
+    fractional_seg: Annotated[
+        bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
+    ] = False,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
@@ -188,6 +191,7 @@ def run(
             "inference.progress": False if no_progress else None,
             "inference.trust_pickle": True if trust_pickle else None,
             "export.parametric_map": True if parametric_map else None,
+            "export.fractional_seg": True if fractional_seg else None,
             "export.include_phi": True if include_phi else None,
         },
     )

@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "MODALITY_PRESETS",
+    "PRECISIONS",
     "ExportConfig",
     "ForegroundRule",
     "InferenceConfig",
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 WindowMode = Literal["hu", "percentile", "zscore"]
+
+# Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
+# per device; bf16/fp16 are autocast; int8 is dynamic int8 quantisation of the vision linears, CPU only.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,7 @@ class InferenceConfig:
     adapter_weights: str | None = None  # our .safetensors or a reference checkpoint folder
     image_size: int | None = None  # None: the model's own input size (518 for the paper's model)
     device: str = "auto"  # cuda when present, else cpu
-    precision: str = "auto"  # bf16 autocast on AMX/avx512-bf16 CPUs and fp16 on CUDA; fp32 elsewhere
+    precision: str = "auto"  # bf16 on AMX/avx512-bf16 CPUs, fp16 on CUDA, else fp32; int8: CPU opt-in (PRECISIONS)
     batch_size: int = 8  # slices per forward pass; memory stays flat in volume length
     threshold: float | None = None  # None: the checkpoint's calibrated threshold (raw map units, DESIGN 0)
     volume_score: Literal["max", "topk_mean"] = "max"  # max of slice scores, as the reference image score
@@ -200,8 +205,8 @@ class InferenceConfig:
             bad = f"image_size={self.image_size} is out of range; use 32..2048 (or leave it unset)"
         elif not math.isfinite(self.min_component_mm3) or self.min_component_mm3 < 0:
             bad = f"min_component_mm3={self.min_component_mm3!r} must be a finite number >= 0"
-        elif self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            bad = f"precision={self.precision!r} is not valid; use auto, fp32, bf16 or fp16"
+        elif self.precision not in PRECISIONS:
+            bad = f"precision={self.precision!r} is not valid; use {', '.join(PRECISIONS)}"
         elif self.volume_score not in ("max", "topk_mean"):
             bad = f"volume_score={self.volume_score!r} is not valid; use max or topk_mean"
         else:
@@ -215,6 +220,7 @@ class ExportConfig:
 
     dicom_seg: bool = True  # BINARY DICOM SEG of the mask, for DICOM inputs
     parametric_map: bool = False  # the float heatmap as a DICOM Parametric Map, for DICOM inputs
+    fractional_seg: bool = False  # the heatmap as a FRACTIONAL (probability) DICOM SEG, for DICOM inputs
     overlays: int = 6  # PNG overlays of the top-scoring slices (0: none)
     html: bool = True
     include_phi: bool = False  # never copy patient name/ID/birth date into outputs unless asked

@@ -22,7 +22,7 @@ from aaclip_med._files import atomic_path
 from aaclip_med._typing import Affine, Array, PathLike
 from aaclip_med.dicom import discover, group_series, iter_datasets, list_series, select_series
 from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series
-from aaclip_med.errors import DicomSeriesError, GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.errors import ConfigError, DicomSeriesError, GeometryError, OutputError, UnsupportedFormatError
 from aaclip_med.volume import Volume, replace_nan
 
 __all__ = ["describe_volume", "list_series", "load_source_datasets", "read_volume", "write_nifti"]
@@ -155,6 +155,7 @@ def read_volume(
         UnsupportedFormatError: missing, corrupt or unsupported file.
         DicomSeriesError: no image series, several series and no ``series``, or an unknown ``series``.
         GeometryError: 4D without ``volume_index`` or an index out of range.
+        ConfigError: ``series`` for a non-DICOM image, or ``volume_index`` for DICOM.
 
     Example:
         >>> vol = read_volume("study/")  # doctest: +SKIP
@@ -165,12 +166,24 @@ def read_volume(
     _check_path(path)
     suffix = _suffix(path)
     if suffix in _NIFTI_SUFFIXES or suffix in _SITK_SUFFIXES:
+        if series is not None:
+            msg = (
+                f"series={series!r} only selects among DICOM series, but '{path}' is a single {suffix} image; "
+                "drop --series (use --volume-index for a 4D image)."
+            )
+            raise ConfigError(msg)
         reader = _nifti_data if suffix in _NIFTI_SUFFIXES else _sitk_data
         raw, affine = reader(path, volume_index)
         fmt = "nifti" if suffix in _NIFTI_SUFFIXES else "sitk"
         vol = Volume(raw, affine, None, str(path), {"format": fmt, "source_dtype": str(raw.dtype)})
         warns: list[str] = []
     elif path.is_dir() or suffix in _DICOM_SUFFIXES or zipfile.is_zipfile(path) or _is_dicom_magic(path):
+        if volume_index not in (None, 0):
+            msg = (
+                f"volume_index={volume_index} only applies to 4D NIfTI/NRRD/MHA images, but '{path}' is DICOM; "
+                "drop --volume-index (use --series to choose a DICOM series)."
+            )
+            raise ConfigError(msg)
         vol, warns = _read_dicom(path, series)
     else:
         msg = (

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aaclip_med._files import check_outside_inputs
 from aaclip_med._typing import PathLike
 from aaclip_med.config import RunConfig
 from aaclip_med.errors import OutputError, UnsupportedFormatError
@@ -61,13 +62,8 @@ def default_output_dir(input_path: PathLike) -> Path:
 
 
 def _check_output(input_path: Path, out_dir: Path) -> None:
-    src, out = input_path.resolve(), out_dir.resolve()
-    if out == src or src in out.parents or (out in src.parents):
-        msg = (
-            f"Output folder {out_dir} is the input, inside it or contains it ({input_path}); "
-            "outputs never go inside or over the input. Choose another -o/--out folder."
-        )
-        raise OutputError(msg)
+    check_outside_inputs(out_dir, [input_path])
+    out = out_dir.resolve()
     ancestor = next(p for p in (out, *out.parents) if p.exists())
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         msg = (
@@ -217,8 +213,11 @@ def _export(
     files = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz"}
     write_nifti(result.heatmap, tmp / files["heatmap"], like=volume)
     write_nifti(result.mask, tmp / files["mask"], like=volume)
-    if volume.meta.get("format") == "dicom" and (exp.dicom_seg or exp.parametric_map):
-        files.update(_dicom_outputs(tmp, volume, result, cfg))
+    if volume.meta.get("format") == "dicom":
+        if exp.dicom_seg or exp.parametric_map or exp.fractional_seg:
+            files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
+    elif exp.parametric_map or exp.fractional_seg:
+        logger.info("input is not DICOM: no Parametric Map or FRACTIONAL SEG (they reference source images)")
     positions = [
         report.slice_position_mm(volume.affine, volume.shape, result.slice_axis, k)[0]
         for k in range(volume.n_slices)
@@ -269,9 +268,11 @@ def _export(
     return files
 
 
-def _dicom_outputs(tmp: Path, volume: Volume, result: VolumeResult, cfg: RunConfig) -> dict[str, str]:
+def _dicom_outputs(
+    tmp: Path, volume: Volume, result: VolumeResult, cfg: RunConfig, *, n_levels: int
+) -> dict[str, str]:
     from aaclip_med import __version__
-    from aaclip_med.dicom_export import write_dicom_seg, write_parametric_map
+    from aaclip_med.dicom_export import write_dicom_seg, write_fractional_seg, write_parametric_map
     from aaclip_med.io import load_source_datasets
 
     sources = load_source_datasets(volume)
@@ -289,5 +290,15 @@ def _dicom_outputs(tmp: Path, volume: Volume, result: VolumeResult, cfg: RunConf
         out["parametric_map"] = "heatmap_pm.dcm"
         write_parametric_map(
             result.heatmap, sources, tmp / out["parametric_map"], include_phi=cfg.export.include_phi
+        )
+    if cfg.export.fractional_seg:
+        out["fractional_seg"] = "heatmap_seg.dcm"
+        write_fractional_seg(
+            result.heatmap,
+            sources,
+            tmp / out["fractional_seg"],
+            n_levels=n_levels,
+            algorithm_version=__version__,
+            include_phi=cfg.export.include_phi,
         )
     return out

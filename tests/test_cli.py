@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import pytest
 from typer.testing import CliRunner
 
 from aaclip_med.cli import app
+from aaclip_med.config import load_run_config
 from tests.conftest import build_series, file_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,19 @@ def test_readme_main_command_on_the_bundled_sample(tmp_path: Path) -> None:
     for name in ("heatmap.nii.gz", "mask.nii.gz", "seg.dcm", "slices.csv", "qa.json", "run.json", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
     assert file_hashes(SAMPLE) == before
+
+
+def test_fractional_seg_flag_and_toml_key(tmp_path: Path) -> None:
+    series = build_series(tmp_path / "series", rows=12, cols=10).folder
+    out = tmp_path / "out"
+    args = ["run", str(series), "--model", "demo", "--no-progress", "-o", str(out), "--fractional-seg"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert hd.seg.segread(out / "heatmap_seg.dcm").SegmentationType == "FRACTIONAL"
+    assert not (out / "heatmap_pm.dcm").exists()
+    toml = tmp_path / "run.toml"  # the same switch in a run config (NIfTI inputs: tests/test_pipeline.py)
+    toml.write_text("[export]\nfractional_seg = true\n")
+    assert load_run_config(toml).export.fractional_seg is True
 
 
 @pytest.mark.parametrize(

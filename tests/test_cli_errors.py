@@ -111,6 +111,16 @@ def test_bad_input_or_flag_fails_in_one_line(tmp_path: Path, name: str) -> None:
     _fails_cleanly(args, tmp_path, contains)
 
 
+def test_precision_int8_is_listed_and_accepted(tmp_path: Path) -> None:
+    for command in ("run", "batch"):
+        assert "int8" in runner.invoke(app, [command, "--help"]).output, command
+    out = tmp_path / "out"
+    args = ["-q", "run", str(_volume(tmp_path)), *TINY, "--precision", "int8", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert '"precision": "int8"' in (out / "run.json").read_text()
+
+
 @pytest.mark.parametrize(
     ("labels", "contains"),
     [

@@ -183,6 +183,13 @@ def test_refuses_foreign_output_folder(cohort: Path, tmp_path: Path, model) -> N
         run_cohort(cohort, out, config=CONFIG, model=model, progress=False)
 
 
+def test_refuses_output_inside_or_over_the_data(cohort: Path, tmp_path: Path, model) -> None:
+    before = sorted(p.name for p in cohort.parent.iterdir())
+    with pytest.raises(OutputError, match="never go inside or over the input"):
+        run_cohort(cohort.parent, cohort.parent / "reports", config=CONFIG, model=model, progress=False)
+    assert sorted(p.name for p in cohort.parent.iterdir()) == before
+
+
 def test_sharded_parts_then_assemble(cohort: Path, tmp_path: Path, model) -> None:
     out = tmp_path / "out"
     seen = []

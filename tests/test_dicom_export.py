@@ -1,4 +1,4 @@
-"""DICOM SEG / Parametric Map export: frames reference the right source images and carry mask[:, :, k].T."""
+"""DICOM SEG / Parametric Map export: frames reference the right source images and carry array[:, :, k].T."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from aaclip_med.dicom_export import write_dicom_seg, write_parametric_map
+from aaclip_med.dicom_export import (
+    heatmap_probability,
+    write_dicom_seg,
+    write_fractional_seg,
+    write_parametric_map,
+)
 from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
 
 ROWS, COLS, N_SLICES = 12, 16, 6
@@ -167,6 +172,57 @@ def test_parametric_map_round_trip(series, tmp_path: Path) -> None:
         np.testing.assert_array_equal(pixels, heat[:, :, by_uid[uid]].T)
 
 
+def _heatmap() -> np.ndarray:
+    """Raw heatmap spanning below 0 and above 4 (both clipped), with slice 1 skipped (all 0)."""
+    heat = np.linspace(-1.0, 5.0, COLS * ROWS * N_SLICES, dtype=np.float32).reshape(COLS, ROWS, N_SLICES)
+    heat[:, :, 1] = 0.0
+    return heat
+
+
+def test_heatmap_probability_rule() -> None:
+    heat = np.array([-3.0, 0.0, 1.0, 2.0, 4.0, 9.0], np.float32)
+    np.testing.assert_allclose(heatmap_probability(heat, 4), [0.0, 0.0, 0.25, 0.5, 1.0, 1.0])
+    with pytest.raises(GeometryError, match="NaN"):
+        heatmap_probability(np.array([np.nan]))
+    with pytest.raises(GeometryError, match="n_levels"):
+        heatmap_probability(heat, 0)
+
+
+def test_fractional_seg_holds_probability_on_source_instances_in_position_order(series, tmp_path: Path) -> None:
+    heat = _heatmap()
+    seg = hd.seg.segread(write_fractional_seg(heat, series, tmp_path / "heatmap_seg.dcm"))
+    assert (seg.SegmentationType, seg.SegmentationFractionalType) == ("FRACTIONAL", "PROBABILITY")
+    assert seg.MaximumFractionalValue == 255 and seg.SeriesDescription == "AA-CLIP anomaly probability"
+    assert (seg.PatientID, str(seg.PatientName), seg.PatientBirthDate) == ("", "", "")  # no PHI by default
+    item = seg.SegmentSequence[0]
+    assert "clip(heatmap / 4, 0, 1)" in item.SegmentDescription
+    assert item.SegmentAlgorithmType == "AUTOMATIC" and item.SegmentAlgorithmName == "aaclip-med AA-CLIP"
+    expected = np.clip(heat / 4.0, 0.0, 1.0)
+    by_uid = {ds.SOPInstanceUID: k for k, ds in enumerate(series)}
+    ks = []
+    for frame_item, stored in zip(seg.PerFrameFunctionalGroupsSequence, seg.pixel_array, strict=True):
+        k = by_uid[frame_item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        ks.append(k)
+        position = frame_item.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose(np.array(position, float), np.array(series[k].ImagePositionPatient, float))
+        np.testing.assert_allclose(stored / 255.0, expected[:, :, k].T, atol=1 / 255)
+    # frames run monotonically along the slice normal (highdicom picks the direction); slice 1 was skipped
+    # (heatmap 0), so its empty frame is omitted
+    assert ks in ([0, 2, 3, 4, 5], [5, 4, 3, 2, 0])
+    stacked = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in series], segment_numbers=[1])
+    np.testing.assert_allclose(stacked[..., 0], np.transpose(expected, (2, 1, 0)), atol=1 / 255)
+
+
+def test_fractional_seg_refuses_bad_heatmaps(series, tmp_path: Path) -> None:
+    heat = _heatmap()
+    heat[0, 0, 0] = np.inf
+    with pytest.raises(GeometryError, match="infinite"):
+        write_fractional_seg(heat, series, tmp_path / "f.dcm")
+    with pytest.raises(GeometryError, match="Columns, Rows"):
+        write_fractional_seg(np.zeros((ROWS, COLS, N_SLICES), np.float32), series, tmp_path / "f.dcm")
+    assert not (tmp_path / "f.dcm").exists()
+
+
 def test_seg_of_volume_read_by_io_lands_on_its_source_slices(series, tmp_path: Path) -> None:
     io = pytest.importorskip("aaclip_med.io", reason="aaclip_med.io not written yet")
     folder = Path(series[0].filename).parent
@@ -189,6 +245,8 @@ def test_dciodvfy_reports_no_errors(series, tmp_path: Path) -> None:
         write_dicom_seg(empty, series, tmp_path / "empty.dcm"),
         write_dicom_seg(_block_mask(), [_legacy_enhanced(series)], tmp_path / "multiframe.dcm"),
         write_parametric_map(heat, series, tmp_path / "pm.dcm"),
+        write_fractional_seg(_heatmap(), series, tmp_path / "fractional.dcm"),
+        write_fractional_seg(_heatmap(), [_legacy_enhanced(series)], tmp_path / "fractional_multiframe.dcm"),
     ]
     for out in outputs:
         result = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, check=False)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from aaclip_med.errors import DicomSeriesError, GeometryError, UnsupportedFormatError
+from aaclip_med.errors import ConfigError, DicomSeriesError, GeometryError, UnsupportedFormatError
 from aaclip_med.io import describe_volume, load_source_datasets, read_volume, write_nifti
 from tests.conftest import SeriesSpec, file_hashes, rotation
 
@@ -134,6 +134,13 @@ def test_bad_inputs(tmp_path: Path, nifti_path: Path) -> None:
         read_volume(garbage)
     with pytest.raises(UnsupportedFormatError, match="not read from DICOM"):
         load_source_datasets(read_volume(nifti_path))
+
+
+def test_selectors_of_the_other_format_are_refused(nifti_path: Path, dicom_series: SeriesSpec) -> None:
+    with pytest.raises(ConfigError, match=r"only selects among DICOM series.*drop --series"):
+        read_volume(nifti_path, series="2")
+    with pytest.raises(ConfigError, match=r"only applies to 4D .*is DICOM; drop --volume-index"):
+        read_volume(dicom_series.folder, volume_index=1)
 
 
 def test_error_messages_are_one_line(tmp_path: Path) -> None:

@@ -46,6 +46,14 @@ class BrightnessModel:
         return {"model": "brightness-stub", "untrained_backbone": True}
 
 
+class ShiftedBrightnessModel(BrightnessModel):
+    """BrightnessModel with the map raised by 2, so the normalised heatmap (map / 4 levels) spans (0, 1)."""
+
+    def score_slices(self, x: torch.Tensor, preset: object) -> SliceOutput:
+        out = super().score_slices(x, preset)
+        return SliceOutput(out.score + 2.0, out.maps + 2.0, out.det_score, None)
+
+
 def _config(threshold: float | None, preset: str = "ct", **export: object) -> RunConfig:
     """A fixed HU window ('ct') keeps slices comparable, so only the bright block passes the threshold."""
     return RunConfig(
@@ -117,6 +125,35 @@ def test_dicom_run_writes_seg_on_source_instances_and_no_phi(tmp_path: Path) -> 
         result = subprocess.run(["dciodvfy", str(out.out_dir / "seg.dcm")], capture_output=True, text=True)
         errors = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
         assert not errors
+
+
+def test_dicom_run_writes_fractional_seg_of_the_normalised_heatmap(tmp_path: Path) -> None:
+    spec = build_series(tmp_path / "series", n=5, rows=12, cols=10)
+    config = _config(0.0, fractional_seg=True, parametric_map=True)
+    out = run_study(spec.folder, tmp_path / "out", config=config, model=ShiftedBrightnessModel(16))
+    assert out.files["fractional_seg"] == out.out_dir / "heatmap_seg.dcm"
+    assert (out.out_dir / "heatmap_pm.dcm").is_file()
+    heat = np.asarray(nib.load(out.out_dir / "heatmap.nii.gz").dataobj)
+    seg = hd.seg.segread(out.out_dir / "heatmap_seg.dcm")
+    assert seg.SegmentationType == "FRACTIONAL"
+    uids = [pydicom.dcmread(f).SOPInstanceUID for f in spec.files]  # source files in k order
+    frames = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], ignore_spatial_locations=True)
+    expected = np.clip(heat / len(BrightnessModel.layout.taps), 0.0, 1.0)
+    assert 0.05 < expected.mean() < 0.95 and np.unique(np.round(expected * 255)).size > 10  # a real gradient
+    np.testing.assert_allclose(frames[..., 0], np.transpose(expected, (2, 1, 0)), atol=1 / 255)
+    data = (out.out_dir / "heatmap_seg.dcm").read_bytes()
+    assert b"Doe^Jane" not in data and b"PID-12345" not in data  # no PHI by default
+    if shutil.which("dciodvfy"):
+        result = subprocess.run(["dciodvfy", str(out.out_dir / "heatmap_seg.dcm")], capture_output=True, text=True)
+        assert not [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_nifti_run_ignores_dicom_only_heatmap_outputs(nifti_path: Path, tmp_path: Path) -> None:
+    config = _config(1.0, fractional_seg=True, parametric_map=True)
+    out = run_study(nifti_path, tmp_path / "out", config=config, model=BrightnessModel(32))
+    assert not list(out.out_dir.glob("*.dcm")) and "fractional_seg" not in out.files
+    run = json.loads((out.out_dir / "run.json").read_text())
+    assert run["config"]["export"]["fractional_seg"] is True  # asked for, recorded, not applicable
 
 
 def test_output_inside_input_is_refused_and_nothing_written(tmp_path: Path) -> None:

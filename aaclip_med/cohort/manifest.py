@@ -159,12 +159,11 @@ def _dicom_cases(files: list[Path], root: Path) -> list[tuple[Path, str | None, 
     return out
 
 
-def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
+def discover(folder: str | Path) -> list[Case]:
     """Find the studies of a folder by the rules of the module docstring.
 
     Args:
         folder: The data folder.
-        exclude: Folders to leave out (e.g. the output folder when it lies inside).
 
     Returns:
         Cases sorted by case id.
@@ -175,15 +174,12 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
     root = Path(folder)
     if not root.is_dir():
         raise ManifestError(f"'{root}' is neither a manifest CSV nor a folder; check the path.")
-    skip = [Path(p).resolve() for p in exclude]
     volumes: list[Path] = []
     masks: list[Path] = []
     others: list[Path] = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if any(s == path.resolve() or s in path.resolve().parents for s in skip):
             continue
         lower = path.name.lower()
         if lower.endswith(VOLUME_SUFFIXES):
@@ -216,14 +212,14 @@ def discover(folder: str | Path, *, exclude: Sequence[Path] = ()) -> list[Case]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def load_cases(source: PathLike, *, exclude: Sequence[Path] = ()) -> list[Case]:
+def load_cases(source: PathLike) -> list[Case]:
     """Cases of a manifest CSV (a ``.csv`` file) or of a data folder (:func:`discover`)."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_manifest(path)
     if path.is_file():
         return [Case(check_case_id(_stem(path), str(path)), path, where=str(path))]
-    return discover(path, exclude=exclude)
+    return discover(path)
 
 
 def shard(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[Case]:

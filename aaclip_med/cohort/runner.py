@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aaclip_med._files import check_outside_inputs
 from aaclip_med._typing import PathLike
 from aaclip_med.cohort.manifest import Case, load_cases, shard
 from aaclip_med.cohort.summary import FAILURE_COLUMNS, MARKER, assemble, case_columns
@@ -261,7 +262,8 @@ def run_cohort(
 
     Raises:
         ManifestError: Bad manifest or sharding arguments.
-        OutputError: ``out_dir`` is not a cohort output folder.
+        OutputError: ``out_dir`` is not a cohort output folder, or it is, lies inside or contains the data
+            folder or a case image.
         ConfigError: Dask is missing or the scheduler cannot be reached.
 
     Example:
@@ -276,7 +278,9 @@ def run_cohort(
     out = Path(out_dir)
     _check_scheduler(scheduler)
     _check_out(out)
-    mine = shard(load_cases(source, exclude=[out]), num_parts, part_id)
+    cases = load_cases(source)
+    check_outside_inputs(out, [c.image for c in cases] + ([] if Path(source).is_file() else [source]))
+    mine = shard(cases, num_parts, part_id)
     cases_dir = out / "cases"
     _remove_stale(cases_dir, mine)
     finished = {c.case_id for c in mine if resume and (cases_dir / c.case_id / MARKER).is_file()}

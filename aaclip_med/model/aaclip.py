@@ -21,6 +21,7 @@ from aaclip_med.config import ModalityPreset, get_preset
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
+from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
 
@@ -71,12 +72,13 @@ def sdpa_block(block: Any, x: torch.Tensor) -> torch.Tensor:
     Same maths and weights as ``block(x)``; ``nn.MultiheadAttention`` runs a slower unfused path on CPU
     (about 25% of a ViT-L block at 1370 tokens, benchmarks/README.md).
     """
-    attn = block.attn
-    batch, tokens, width = x.shape
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(batch, tokens, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
-    x = x + block.ls_1(attn.out_proj(out))
+    attn, h = block.attn, block.ln_1(x)
+    if isinstance(attn, Int8SelfAttention):  # precision "int8" (aaclip_med.model.quantize)
+        out = attn(h)[0]
+    else:
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        out = attn.out_proj(fused_self_attention(qkv, attn.num_heads))
+    x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))  # type: ignore[no-any-return]
 
 
@@ -139,11 +141,13 @@ class AACLIP(nn.Module):
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimised in ``stage`` 1 (text adapter) or 2 (image adapter)."""
-        if stage not in (1, 2):
-            from aaclip_med.errors import ConfigError
+        from aaclip_med.errors import ConfigError
+        from aaclip_med.model.factory import check_trainable_precision
 
+        if stage not in (1, 2):
             msg = f"stage={stage} is not a training stage; use 1 (text adapter) or 2 (image adapter)."
             raise ConfigError(msg)
+        check_trainable_precision(self.precision)
         return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
 
     @contextlib.contextmanager
@@ -326,9 +330,10 @@ class AACLIP(nn.Module):
         """
         from aaclip_med.model.factory import check_backbone_match
 
+        if ckpt.metadata is not None:  # first: "trained for another model" says more than a list of keys
+            check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
         check_adapter_state({k: v.shape for k, v in self.adapter_state().items()}, ckpt.state, ckpt.source)
         if ckpt.metadata is not None:
-            check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
             self.threshold = ckpt.metadata.get("threshold")
             self.threshold_presets = tuple(ckpt.metadata.get("presets") or ())
         else:

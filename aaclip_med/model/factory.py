@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from aaclip_med.config import PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.weights import (
@@ -40,6 +41,7 @@ __all__ = [
     "check_backbone_match",
     "create_model",
     "list_models",
+    "check_trainable_precision",
     "resolve_precision",
 ]
 
@@ -163,14 +165,34 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def check_trainable_precision(precision: str) -> None:
+    """Refuse ``int8`` for training (called before any work by ``train`` and again by the model).
+
+    Raises:
+        ConfigError: ``precision`` is ``int8``.
+    """
+    if precision == "int8":
+        msg = "precision='int8' is inference only (quantised layers have no gradient); train with fp32/bf16/auto."
+        raise ConfigError(msg)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX/avx512-bf16, fp32 otherwise.
 
+    ``int8`` (dynamic int8 vision linears, :mod:`aaclip_med.model.quantize`) is opt-in and CPU only; ``auto``
+    never picks it.
+
     Raises:
-        ConfigError: unknown value.
+        ConfigError: unknown value, or ``int8`` on a non-CPU device.
     """
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        msg = f"precision={precision!r} is not valid; use auto, fp32, bf16 or fp16."
+    if precision not in PRECISIONS:
+        msg = f"precision={precision!r} is not valid; use {', '.join(PRECISIONS)}."
+        raise ConfigError(msg)
+    if precision == "int8" and device.type != "cpu":
+        msg = (
+            f"precision='int8' on device {device}: int8 dynamic quantisation runs on CPU only; "
+            "use --device cpu, or fp16/auto on a GPU."
+        )
         raise ConfigError(msg)
     if precision != "auto":
         return precision
@@ -182,18 +204,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def check_backbone_match(meta: dict[str, Any], backbone: dict[str, Any], source: str) -> None:
     """Refuse adapters trained on another backbone: architecture name and weight fingerprint must agree.
 
+    Without a ``fingerprint`` in ``backbone`` (before the backbone is built) only the name is checked.
+
     Raises:
         WeightsError: the checkpoint records a different backbone.
     """
     trained = meta.get("backbone") or {}
     if trained.get("name") not in (None, backbone["name"]):
         msg = (
-            f"{source}: adapters were trained on backbone {trained.get('name')}, the model uses "
-            f"{backbone['name']}. Use the model name they were trained for."
+            f"{source}: adapters were trained for model '{meta.get('model')}' (backbone {trained.get('name')}), "
+            f"this model uses backbone {backbone['name']}. Pass --model {meta.get('model')} or adapters trained "
+            "for this model."
         )
         raise WeightsError(msg)
-    want, have = trained.get("fingerprint"), backbone["fingerprint"]
-    if want is not None and (
+    want, have = trained.get("fingerprint"), backbone.get("fingerprint")
+    if want is not None and have is not None and (
         len(want) != len(have)
         or not all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4) for a, b in zip(want, have, strict=True))
     ):
@@ -259,7 +284,8 @@ def create_model(
             ``image_adapter*.pth``) or a ``(text, image)`` pair. None: the entry's shipped adapters, if any, else
             Xavier-random adapters (with a warning).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ...
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast in :meth:`AACLIP.score_slices`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast in :meth:`AACLIP.score_slices`), or
+            ``int8`` (CPU, inference only: the vision blocks' linear layers dynamically quantised).
         image_size: Input size override (position embeddings are resized); None: the entry's size.
         seed: Seeds the random backbone and the adapter initialisation; the caller's RNG state is untouched.
         trust_pickle: Allow full-pickle ``.pth`` files (they can run code).
@@ -289,6 +315,9 @@ def create_model(
                 "Reinstall aaclip-med or pass adapter_weights."
             )
             raise WeightsError(msg)
+    ckpt = None if source is None else read_adapters(source, trust_pickle)  # small: refuse a misfit early
+    if ckpt is not None and ckpt.metadata is not None:
+        check_backbone_match(ckpt.metadata, {"name": spec.arch}, ckpt.source)
     _register_open_clip_config(spec.arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -301,9 +330,13 @@ def create_model(
 
         xavier_init_(model.image_adapter)
         xavier_init_(model.text_adapter)
-    if source is None:
+    if prec == "int8":  # after the fingerprint (taken from the fp32 weights) and before adapters are loaded
+        from aaclip_med.model.quantize import quantize_vision_
+
+        quantize_vision_(model.clip)
+    if ckpt is None:
         warnings.warn(f"{name}: no adapter weights; adapters are random (Xavier, seed {seed + 1}).", stacklevel=2)
     else:
-        model.load_adapters(read_adapters(source, trust_pickle))
+        model.load_adapters(ckpt)
     logger.info("Built %s (%s, %s backbone) on %s, %s", name, spec.arch, info["source"], dev, model.precision)
     return model.to(dev).eval()

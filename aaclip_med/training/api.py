@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from aaclip_med._files import check_outside_inputs
 from aaclip_med.config import get_preset
 from aaclip_med.errors import ConfigError, OutputError
-from aaclip_med.model.factory import create_model
+from aaclip_med.model.factory import check_trainable_precision, create_model
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.surgery import check_vv_axis
 from aaclip_med.training.augment import Augmenter
@@ -113,13 +114,15 @@ def train(
     Raises:
         ManifestError: bad data (before any training).
         ConfigError: bad options.
-        OutputError: ``out_dir`` holds checkpoints of a previous run and ``resume`` is False.
+        OutputError: ``out_dir`` holds checkpoints of a previous run and ``resume`` is False, or it is, lies
+            inside or contains the training data.
 
     Example:
         >>> train("manifest.csv", "runs/t1", model="aaclip-tiny", backbone_weights="random")  # doctest: +SKIP
     """
     check_vv_axis(vv_axis)
     parse_threshold_rule(threshold_rule)
+    check_trainable_precision(precision)
     if stage1_levels not in ("last", "all"):
         raise ConfigError(f"stage1_levels={stage1_levels!r} is not valid; use 'last' (reference) or 'all'.")
     out = Path(out_dir)
@@ -128,6 +131,7 @@ def train(
                           "another --out folder.")
     data = Path(data)
     records = read_manifest(data) if data.is_file() else discover_folder(data)
+    check_outside_inputs(out, [r.image for r in records] + ([] if data.is_file() else [data]), flag="--out")
     train_items, val_items = build_datasets(records, preset)
     _seed_everything(seed)
     net = create_model(model, backbone_weights=backbone_weights, device=device, precision=precision,

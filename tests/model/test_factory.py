@@ -99,6 +99,18 @@ def test_demo_needs_shipped_adapters(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         create_model("demo", device="cpu")
 
 
+def test_adapters_of_another_model_are_refused_before_the_backbone_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the backbone was built before the adapters were checked")
+
+    monkeypatch.setattr(open_clip, "create_model", no_build)
+    shipped = factory.DATA_DIR / "demo_adapters.safetensors"
+    rule = r"trained for model 'aaclip-tiny' \(backbone aaclip-tiny\).*--model aaclip-tiny"
+    with pytest.raises(WeightsError, match=rule) as err:
+        create_model("aaclip-vitl14-336", backbone_weights="random", adapter_weights=shipped, device="cpu")
+    assert "\n" not in str(err.value) and "missing" not in str(err.value)
+
+
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aaclip_med.errors import OutputError
+from aaclip_med.errors import ConfigError, OutputError
 from aaclip_med.model.factory import create_model
 from aaclip_med.training import train
 from aaclip_med.training.augment import Augmenter
@@ -87,7 +87,13 @@ def test_resume_equals_uninterrupted_run(manifest_2d: Path, tmp_path: Path) -> N
 def test_train_writes_checkpoint_with_threshold(manifest_2d: Path, tmp_path: Path) -> None:
     from aaclip_med.model.weights import read_adapters
 
-    path = train(manifest_2d, tmp_path, model="aaclip-tiny", backbone_weights="random", image_size=SIZE,
+    with pytest.raises(ConfigError, match="int8.*inference only"):
+        train(manifest_2d, tmp_path / "int8", model="aaclip-tiny", backbone_weights="random", precision="int8")
+    assert not (tmp_path / "int8").exists()
+    with pytest.raises(OutputError, match="contains it .*c0.png.*Choose another --out folder"):
+        train(manifest_2d, tmp_path, model="aaclip-tiny", backbone_weights="random")  # holds the training images
+    assert not (tmp_path / "checkpoints").exists()
+    path = train(manifest_2d, tmp_path / "run", model="aaclip-tiny", backbone_weights="random", image_size=SIZE,
                  text_epochs=1, image_epochs=1, text_batch_size=6, image_batch_size=6, precision="fp32",
                  progress=False)
     meta = read_adapters(path).metadata
@@ -95,4 +101,4 @@ def test_train_writes_checkpoint_with_threshold(manifest_2d: Path, tmp_path: Pat
     assert meta["epoch_selection"].startswith("epoch 1") and "reference" in meta["prompts"]
     model = create_model("aaclip-tiny", backbone_weights="random", image_size=SIZE, adapter_weights=path)
     assert model.threshold == meta["threshold"]
-    assert (tmp_path / "train_log.csv").read_text().startswith("stage,epoch")
+    assert (tmp_path / "run" / "train_log.csv").read_text().startswith("stage,epoch")

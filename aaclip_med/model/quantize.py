@@ -1,0 +1,123 @@
+"""CPU int8 inference: dynamic int8 quantisation of the frozen vision tower's linear layers (``precision="int8"``).
+
+Weights are quantised once, per output channel (``torch.ao`` dynamic quantised ``Linear``, fbgemm/x86 kernels);
+activations are quantised per call from their observed range. Quantised per vision block:
+
+- the MLP (``mlp.c_fc``, ``mlp.c_proj``);
+- the attention projections: ``attn`` (an ``nn.MultiheadAttention``) is replaced by :class:`Int8SelfAttention`,
+  which holds ``in_proj`` and ``out_proj`` as quantised linears and runs the fused SDPA core in fp32.
+
+The patch embedding, ``ln_*``, the adapters, seg/det projections and the text tower stay fp32 (the text anchors
+are computed once per preset and cached). Inference only: the quantised layers have no gradient, so
+:meth:`aaclip_med.model.aaclip.AACLIP.trainable_parameters` refuses int8 models. Accuracy and speed against fp32
+are measured in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Int8SelfAttention", "fused_self_attention", "quantize_vision_", "quantized_linear"]
+
+logger = logging.getLogger(__name__)
+
+
+def fused_self_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Multi-head self-attention core over packed ``qkv`` (B,N,3W) -> (B,N,W), by fused SDPA, no mask."""
+    batch, tokens, width3 = qkv.shape
+    width = width3 // 3
+    q, k, v = qkv.view(batch, tokens, 3, num_heads, width // num_heads).permute(2, 0, 3, 1, 4)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+
+
+@contextlib.contextmanager
+def _quiet_deprecation() -> Iterator[None]:
+    """Silence only torch's deprecation notices of its quantised-tensor API, during the conversion."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A dynamic int8 ``Linear`` (per-channel weights) computing ``F.linear(x, weight, bias)`` approximately."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    with torch.no_grad():
+        dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        dense.weight.copy_(weight.detach().float())
+        if bias is not None:
+            dense.bias.copy_(bias.detach().float())
+    dense.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
+    with _quiet_deprecation():
+        return DynamicLinear.from_float(dense)  # type: ignore[no-any-return]
+
+
+class Int8SelfAttention(nn.Module):
+    """Stand-in for a batch-first self-attention ``nn.MultiheadAttention`` with int8 dynamic projections.
+
+    Called as open_clip's ``ResidualAttentionBlock.attention`` calls ``nn.MultiheadAttention``:
+    ``attn(x, x, x, need_weights=False, attn_mask=None)`` -> ``(out, None)``. Cross-attention, masks and
+    attention weights are not supported (the vision tower uses none of them).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
+            raise ValueError("Int8SelfAttention needs a batch-first self-attention nn.MultiheadAttention")
+        self.num_heads, self.embed_dim, self.batch_first = mha.num_heads, mha.embed_dim, True
+        self.in_proj = quantized_linear(mha.in_proj_weight, mha.in_proj_bias)
+        self.out_proj = quantized_linear(mha.out_proj.weight, mha.out_proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: Any = None,
+        value: Any = None,
+        need_weights: bool = False,
+        attn_mask: Any = None,
+    ) -> tuple[torch.Tensor, None]:
+        if need_weights or attn_mask is not None or any(t is not None and t is not query for t in (key, value)):
+            raise NotImplementedError("Int8SelfAttention supports unmasked self-attention without weights only")
+        return self.out_proj(fused_self_attention(self.in_proj(query), self.num_heads)), None
+
+
+def quantize_vision_(clip: Any, attention: bool = True) -> dict[str, int]:
+    """Quantise the linear layers of every vision block of an open_clip ``CLIP`` in place (CPU, eval).
+
+    Args:
+        clip: The open_clip model; only ``clip.visual.transformer.resblocks`` change.
+        attention: Also quantise the attention projections (``in_proj``/``out_proj``); False keeps them fp32.
+
+    Returns:
+        Counts of quantised layers: ``{"mlp": ..., "attention": ...}``.
+    """
+    counts = {"mlp": 0, "attention": 0}
+    for block in clip.visual.transformer.resblocks:
+        for name in ("c_fc", "c_proj"):
+            layer = getattr(block.mlp, name)
+            setattr(block.mlp, name, quantized_linear(layer.weight, layer.bias))
+            counts["mlp"] += 1
+        if attention and isinstance(block.attn, nn.MultiheadAttention):
+            block.attn = Int8SelfAttention(block.attn)
+            counts["attention"] += 2
+    logger.info(
+        "int8: quantised %d MLP and %d attention linear layers of the vision tower (engine %s)",
+        counts["mlp"],
+        counts["attention"],
+        torch.backends.quantized.engine,
+    )
+    return counts
