@@ -1,0 +1,85 @@
+"""What the benchmark scripts share: paths, model names, timing, the random model, random slices, map agreement.
+
+Imported by ``bench_scoring.py``, ``bench_peak.py``, ``bench_volume.py`` and ``bench_int8_accuracy.py``, which
+run as scripts from this folder (so it is on ``sys.path``); ``tests/test_benchmark_smoke.py`` adds it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aaclip_med.model import AACLIP, create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BRATS = (
+    ROOT.parent / "shared/data/brain_brats2015_deepmedic/brats2015TrainingData/test/brats_2013_pat0001_1"
+    "/Flair_subtrMeanDivStd.nii.gz"
+)
+PRESET = "brain_mri"
+FULL_MODEL, TINY_MODEL = "aaclip-vitl14-336", "aaclip-tiny"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on CPU), so that a timing covers the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds of one call of ``fn`` and its result."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def build_model(name: str, device: str, precision: str = "auto") -> AACLIP:
+    """``name`` with a random (seed 0) backbone: speed does not depend on the weight values."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # untrained backbone / random adapters: on purpose here
+        return create_model(name, backbone_weights="random", device=device, precision=precision)
+
+
+def random_slices(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random 3-channel slices of ``size`` x ``size``."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor, what: str) -> dict[str, Any]:
+    """Max abs difference and Pearson r of maps ``a`` against reference maps ``b`` (same slices)."""
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    return {
+        "compared": what,
+        "n_slices": int(a.shape[0]),
+        "max_abs_diff": float((a64 - b64).abs().max()),
+        "map_range": float(b64.max() - b64.min()),
+        "pearson_r": float(torch.corrcoef(torch.stack([a64, b64]))[0, 1]),
+    }
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Date, CPU model, cores, torch version, threads, GPU and load."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": names[0] if names else platform.processor(),
+        "cores": os.cpu_count(),
+        "cpu_bf16_hw": any(f in cpuinfo for f in ("amx_bf16", "avx512_bf16")),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "not measured (no GPU lent)",
+        "loadavg_start": os.getloadavg()[0],
+    }
