@@ -217,7 +217,7 @@ def _export(
         if exp.dicom_seg or exp.parametric_map or exp.fractional_seg:
             files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
     elif exp.parametric_map or exp.fractional_seg:
-        logger.info("input is not DICOM: no Parametric Map or FRACTIONAL SEG (they reference source images)")
+        logger.warning("input is not DICOM: no Parametric Map or FRACTIONAL SEG (they reference DICOM images)")
     positions = [
         report.slice_position_mm(volume.affine, volume.shape, result.slice_axis, k)[0]
         for k in range(volume.n_slices)

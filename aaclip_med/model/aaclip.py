@@ -232,7 +232,14 @@ class AACLIP(nn.Module):
         return seg, det
 
     def surgery_tokens(self, x: torch.Tensor, vv_axis: VVAxis = "tokens") -> list[torch.Tensor]:
-        """Frozen stage-1 residual stream (no adapters; V-V attention from the first tap): list of (B,N+1,W)."""
+        """Frozen stage-1 residual stream (no adapters; V-V attention from the first tap): list of (B,N+1,W).
+
+        Raises:
+            ConfigError: the model is ``int8`` (the stage-1 path is for training and needs the fp32 weights).
+        """
+        from aaclip_med.model.factory import check_trainable_precision
+
+        check_trainable_precision(self.precision)
         vv_axis = check_vv_axis(vv_axis)
         x = self._embed(x)
         taps = []

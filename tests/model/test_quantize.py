@@ -71,6 +71,8 @@ def test_only_the_quantisation_deprecation_is_silenced() -> None:
 def test_int8_is_inference_only(int8: AACLIP) -> None:
     with pytest.raises(ConfigError, match="int8.*inference only"):
         int8.trainable_parameters(2)
+    with pytest.raises(ConfigError, match="int8.*inference only"):  # the stage-1 V-V path reads fp32 weights
+        int8.surgery_features(torch.zeros(1, 3, int8.input_size, int8.input_size))
 
 
 def test_int8_refused_off_cpu_and_never_auto(monkeypatch: pytest.MonkeyPatch) -> None:
