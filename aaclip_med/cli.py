@@ -141,6 +141,10 @@ PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, 
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
 SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
 ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
+ParametricMapOpt = Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")]
+FractionalSegOpt = Annotated[
+    bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
+]
 PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
 PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
@@ -164,10 +168,8 @@ def run(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
-    parametric_map: Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")] = False,
-    fractional_seg: Annotated[
-        bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
-    ] = False,
+    parametric_map: ParametricMapOpt = False,
+    fractional_seg: FractionalSegOpt = False,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
@@ -227,6 +229,9 @@ def batch(
     precision: PrecisionOpt = None,
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
+    min_component_mm3: ComponentOpt = None,
+    parametric_map: ParametricMapOpt = False,
+    fractional_seg: FractionalSegOpt = False,
     resume: Annotated[bool, typer.Option("--continue", help="Skip finished cases (with run.json).")] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the cohort into N parts (sorted ids, i % N).")] = 1,
     part_id: Annotated[int, typer.Option(min=0, help="The part this call computes (0-based).")] = 0,
@@ -243,8 +248,10 @@ def batch(
         "preset": preset, "inference.model": model, "inference.backbone_weights": backbone_weights,
         "inference.adapter_weights": adapter_weights, "inference.threshold": threshold,
         "inference.device": device, "inference.precision": precision, "inference.batch_size": batch_size,
-        "inference.image_size": image_size, "inference.progress": False,
-        "inference.trust_pickle": True if trust_pickle else None,
+        "inference.image_size": image_size, "inference.min_component_mm3": min_component_mm3,
+        "inference.progress": False, "inference.trust_pickle": True if trust_pickle else None,
+        "export.parametric_map": True if parametric_map else None,
+        "export.fractional_seg": True if fractional_seg else None,
         "export.include_phi": True if include_phi else None,
     })  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,

@@ -61,6 +61,14 @@ def test_fractional_seg_flag_and_toml_key(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert hd.seg.segread(out / "heatmap_seg.dcm").SegmentationType == "FRACTIONAL"
     assert not (out / "heatmap_pm.dcm").exists()
+    cohort_out = tmp_path / "cohort"  # batch has the same DICOM export switches
+    args = ["batch", str(series), "-o", str(cohort_out), "--model", "demo", "--no-progress", "--fractional-seg",
+            "--parametric-map", "--min-component-mm3", "5"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (case,) = (cohort_out / "cases").iterdir()
+    assert {"seg.dcm", "heatmap_seg.dcm", "heatmap_pm.dcm"} <= {p.name for p in case.iterdir()}
+    assert '"min_component_mm3": 5.0' in (case / "run.json").read_text()
     toml = tmp_path / "run.toml"  # the same switch in a run config (NIfTI inputs: tests/test_pipeline.py)
     toml.write_text("[export]\nfractional_seg = true\n")
     assert load_run_config(toml).export.fractional_seg is True
