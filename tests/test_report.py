@@ -344,3 +344,13 @@ def test_cohort_html(tmp_path: Path) -> None:
     assert "image_auroc" in html and "DicomSeriesError: no series" in html
     assert report.UNTRAINED_BANNER in html
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", html)
+
+
+def test_histogram_threshold_label_stays_inside_the_plot() -> None:
+    from aaclip_med.report.plots import histogram_svg
+
+    for threshold, anchor in ((2.0, "end"), (0.0, "start")):  # line near the right edge, then the left
+        svg = str(histogram_svg(np.linspace(0.0, 1.9, 20), threshold))
+        (tag,) = re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>threshold', svg)
+        assert tag[1] == anchor
+        assert float(tag[0]) < 760 if anchor == "end" else float(tag[0]) > 0

@@ -78,9 +78,12 @@ class _Frame:
                 f'fill="{_THRESHOLD_COLOUR}">{label}</text>'
             )
         x = self.x(value)
+        right_half = x > self.width / 2  # the label goes on the side with room, never past the edge
+        text_x, anchor = (x - 4, "end") if right_half else (x + 4, "start")
         return (
             f'<line x1="{x:.1f}" y1="{_PAD_TOP}" x2="{x:.1f}" y2="{self.height - _PAD_BOTTOM}" {dash}/>'
-            f'<text x="{x + 4:.1f}" y="{_PAD_TOP + 12}" fill="{_THRESHOLD_COLOUR}">{label}</text>'
+            f'<text x="{text_x:.1f}" y="{_PAD_TOP + 12}" text-anchor="{anchor}" '
+            f'fill="{_THRESHOLD_COLOUR}">{label}</text>'
         )
 
 
