@@ -108,8 +108,21 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
-def _run_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """A RunConfig from an optional TOML file, with the flags that were given laid over it."""
+# Flags `run` and `batch` share, and the RunConfig field each one sets; switches only ever turn a setting on.
+_SCORING_KEYS = {
+    "preset": "preset", "model": "inference.model", "adapter_weights": "inference.adapter_weights",
+    "backbone_weights": "inference.backbone_weights", "threshold": "inference.threshold",
+    "device": "inference.device", "precision": "inference.precision", "batch_size": "inference.batch_size",
+    "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
+    "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
+    "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
+    "include_phi": "export.include_phi",
+}  # fmt: skip
+_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
+
+
+def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
+    """The RunConfig of `run` and `batch`: ``--config`` (or defaults) with the scoring flags given laid over it."""
     import dataclasses
 
     from aaclip_med.config import RunConfig, load_run_config
@@ -117,10 +130,12 @@ def _run_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
     cfg = load_run_config(config) if config is not None else RunConfig()
     sections: dict[str, Any] = {"inference": cfg.inference, "export": cfg.export}
     top: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
+    for flag, value in flags.items():
+        if flag in _SWITCHES:
+            value = True if value else None
+        if value is None:  # not given: the config's value stays
             continue
-        section, _, name = key.rpartition(".")
+        section, _, name = _SCORING_KEYS[flag].rpartition(".")
         if section:
             sections[section] = dataclasses.replace(sections[section], **{name: value})
         else:
@@ -184,26 +199,12 @@ def run(
     """
     from aaclip_med.pipeline import run_study
 
-    cfg = _run_config(
-        config,
-        {
-            "preset": preset,
-            "inference.model": model,
-            "inference.adapter_weights": adapter_weights,
-            "inference.backbone_weights": backbone_weights,
-            "inference.threshold": threshold,
-            "inference.device": device,
-            "inference.precision": precision,
-            "inference.batch_size": batch_size,
-            "inference.image_size": image_size,
-            "inference.min_component_mm3": min_component_mm3,
-            "inference.progress": False if no_progress else None,
-            "inference.trust_pickle": True if trust_pickle else None,
-            "export.parametric_map": True if parametric_map else None,
-            "export.fractional_seg": True if fractional_seg else None,
-            "export.include_phi": True if include_phi else None,
-        },
-    )
+    cfg = _scoring_config(
+        config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
+        threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
+        min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+    )  # fmt: skip
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
     res = outputs.result
     if res.untrained_backbone:
@@ -254,16 +255,12 @@ def batch(
     """
     from aaclip_med.cohort import run_cohort
 
-    cfg = _run_config(config, {
-        "preset": preset, "inference.model": model, "inference.backbone_weights": backbone_weights,
-        "inference.adapter_weights": adapter_weights, "inference.threshold": threshold,
-        "inference.device": device, "inference.precision": precision, "inference.batch_size": batch_size,
-        "inference.image_size": image_size, "inference.min_component_mm3": min_component_mm3,
-        "inference.progress": False, "inference.trust_pickle": True if trust_pickle else None,
-        "export.parametric_map": True if parametric_map else None,
-        "export.fractional_seg": True if fractional_seg else None,
-        "export.include_phi": True if include_phi else None,
-    })  # fmt: skip
+    cfg = _scoring_config(
+        config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
+        threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
+        min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+    )  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
     typer.echo(f"{res.n_done} cases scored, {res.n_skipped} already finished, {res.n_failed} failed")
