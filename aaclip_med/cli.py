@@ -357,15 +357,22 @@ def weights_list() -> None:
 @_user_errors
 def weights_import(
     file: Annotated[Path, typer.Argument(help="A CLIP weights file (e.g. ViT-L-14-336px.pt from OpenAI).")],
+    model: Annotated[str, typer.Option(help="Model whose backbone the file is for.")] = "aaclip-vitl14-336",
+    image_size: Annotated[
+        list[int] | None,
+        typer.Option(help="Input size to check the file at (repeatable); default: the model's run size (518)."),
+    ] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow a full-pickle file (it can run code).")] = False,
 ) -> None:
     """Import backbone weights for offline use.
 
-    Copies the file into the offline weights folder ($AACLIP_MED_WEIGHTS_DIR).
+    Loads the file into the model's backbone at its native size and at the run size (518 for the paper's
+    model), then copies it into the offline weights folder ($AACLIP_MED_WEIGHTS_DIR).
     """
-    from aaclip_med.model.weights import import_backbone_file
+    from aaclip_med.model.factory import import_backbone
 
-    dest, digest = import_backbone_file(file)
-    typer.echo(f"imported {dest} (sha256 {digest})")
+    dest, digest, sizes = import_backbone(file, model, tuple(image_size or ()), trust_pickle)
+    typer.echo(f"imported {dest} (sha256 {digest}); loads into {model} at {', '.join(map(str, sizes))} px")
 
 
 @weights_app.command("verify")

@@ -27,7 +27,9 @@ from aaclip_med.model.weights import (
     AdapterSource,
     apply_backbone_state,
     fingerprint,
+    import_backbone_file,
     load_backbone_state,
+    native_image_size,
     read_adapters,
     resolve_backbone_file,
     sha256_file,
@@ -40,6 +42,7 @@ __all__ = [
     "ModelSpec",
     "check_backbone_match",
     "create_model",
+    "import_backbone",
     "list_models",
     "check_trainable_precision",
     "resolve_precision",
@@ -340,3 +343,47 @@ def create_model(
         model.load_adapters(ckpt)
     logger.info("Built %s (%s, %s backbone) on %s, %s", name, spec.arch, info["source"], dev, model.precision)
     return model.to(dev).eval()
+
+
+def import_backbone(
+    file: str | os.PathLike[str],
+    model: str = "aaclip-vitl14-336",
+    image_sizes: tuple[int, ...] = (),
+    trust_pickle: bool = False,
+) -> tuple[Path, str, tuple[int, ...]]:
+    """Check a backbone weights file by loading it into ``model``'s backbone, then import it for offline use.
+
+    The file is loaded at its native size (336 for the OpenAI release) and at every size in ``image_sizes``
+    (default: the model's run size, 518 for the paper's model), so a release that only loads at its own grid is
+    refused here, not at the first run.
+
+    Args:
+        file: The OpenAI TorchScript ``.pt``, an fp16/fp32 state dict, an open_clip ``.bin``/``.safetensors``.
+        model: Registry name whose backbone the file is for.
+        image_sizes: Input sizes to check besides the native one; empty: the model's default size.
+        trust_pickle: Allow full pickles.
+
+    Returns:
+        The imported path, its sha256 and the input sizes it was loaded at.
+
+    Raises:
+        WeightsError: the file does not load into the backbone at one of the sizes.
+    """
+    import open_clip
+
+    spec = get_spec(model)
+    _register_open_clip_config(spec.arch)
+    checked: list[int] = []
+
+    def load_at_sizes(state: dict[str, torch.Tensor], source: str) -> None:
+        native = native_image_size(state)
+        for size in dict.fromkeys([*([native] if native else []), *(image_sizes or (spec.image_size,))]):
+            clip = open_clip.create_model(
+                spec.arch, pretrained=None, force_image_size=size, force_quick_gelu=spec.quick_gelu
+            )
+            apply_backbone_state(clip, state, f"{source} at {size} px")
+            checked.append(size)
+            logger.info("%s loads into %s at %d px", source, spec.arch, size)
+
+    dest, digest = import_backbone_file(file, trust_pickle, check=load_at_sizes)
+    return dest, digest, tuple(checked)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -30,10 +31,12 @@ __all__ = [
     "AdapterCheckpoint",
     "AdapterSource",
     "apply_backbone_state",
+    "as_fp32",
     "check_adapter_state",
     "fingerprint",
     "import_backbone_file",
     "load_backbone_state",
+    "native_image_size",
     "read_adapters",
     "resolve_backbone_file",
     "sha256_file",
@@ -121,8 +124,18 @@ def weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or Path.home() / ".cache" / "aaclip-med" / "weights")
 
 
-def import_backbone_file(file: str | os.PathLike[str], trust_pickle: bool = False) -> tuple[Path, str]:
+def import_backbone_file(
+    file: str | os.PathLike[str],
+    trust_pickle: bool = False,
+    check: Callable[[dict[str, torch.Tensor], str], object] | None = None,
+) -> tuple[Path, str]:
     """Check that ``file`` loads as backbone weights, then copy it into :func:`weights_dir` under its own name.
+
+    Args:
+        file: The weights file.
+        trust_pickle: Allow full pickles.
+        check: Called with the fp32 state and the file name before the copy, e.g. to load the state into the
+            model at its run size (:func:`aaclip_med.model.factory.import_backbone`); raises to refuse the file.
 
     Returns:
         The copied path and its sha256.
@@ -134,7 +147,10 @@ def import_backbone_file(file: str | os.PathLike[str], trust_pickle: bool = Fals
     if not src.is_file():
         msg = f"{src}: no such weights file. Check the path (e.g. the OpenAI ViT-L-14-336px.pt)."
         raise WeightsError(msg)
-    load_backbone_state(src, trust_pickle)
+    state = load_backbone_state(src, trust_pickle)
+    if check is not None:
+        check(state, str(src))
+    del state
     dest = weights_dir() / src.name
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
@@ -199,18 +215,44 @@ def load_backbone_state(path: Path, trust_pickle: bool = False) -> dict[str, tor
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         msg_0 = f"{path}: not a state dict of tensors. Pass an open_clip checkpoint or the OpenAI .pt."
         raise WeightsError(msg_0)
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return as_fp32({k.removeprefix("module."): v for k, v in obj.items()})
+
+
+def as_fp32(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as fp32 on CPU, others unchanged.
+
+    Releases store fp16 (the OpenAI ``.pt``) or bf16; the position-embedding resize (bicubic, antialias) has no
+    fp16 kernel on CPU and would round twice in half precision, so every floating tensor becomes fp32 first, as
+    the reference code does. The model casts to its run precision afterwards.
+    """
+    return {
+        k: v.to("cpu", torch.float32) if v.is_floating_point() else v.to("cpu") for k, v in state.items()
+    }
+
+
+def native_image_size(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The input size a backbone state was saved for: position grid x patch size (336 for the OpenAI ViT-L/14@336).
+
+    Returns None when the state has no ViT position embedding.
+    """
+    pos, conv = state.get("visual.positional_embedding"), state.get("visual.conv1.weight")
+    if pos is None or conv is None or pos.ndim != 2:
+        return None
+    grid = math.isqrt(pos.shape[0] - 1)
+    return grid * int(conv.shape[-1]) if grid * grid == pos.shape[0] - 1 else None
 
 
 def apply_backbone_state(clip: Any, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a backbone state dict into an open_clip CLIP, resizing position embeddings (bicubic, antialias).
+
+    The tensors are converted to fp32 first (:func:`as_fp32`), so fp16/bf16 releases load at any input size.
 
     Raises:
         WeightsError: keys or shapes do not fit the architecture.
     """
     from open_clip.model import resize_pos_embed, resize_text_pos_embed
 
-    state = dict(state)
+    state = as_fp32(state)  # before any resize: no fp16 bicubic kernel on CPU
     if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
     resize_pos_embed(state, clip)
