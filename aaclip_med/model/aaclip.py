@@ -153,7 +153,13 @@ class AACLIP(nn.Module):
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        if dtype is None:
+        if dtype is None and self.device.type == "cuda":
+            # fp32 means fp32: cuDNN's default TF32 patch-embedding convolution moved the ViT-L maps at 518 by
+            # 1.7e-4 from the reference on an H100 (5e-6 without TF32).
+            cudnn = torch.backends.cudnn
+            with cudnn.flags(cudnn.enabled, cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
+                yield
+        elif dtype is None:
             yield
         else:
             with torch.autocast(self.device.type, dtype=dtype):
