@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from aaclip_med._version import __version__
 
 # public name -> module that defines it; resolved lazily (PEP 562)
 _EXPORTS: dict[str, str] = {

@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from aaclip_med._typing import SliceScorer
 from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset, preset_for_modality
 from aaclip_med.postprocess import aggregate_volume_score, remove_small_components, threshold_map
 from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform
 from aaclip_med.volume import Volume, stack_slices
-
-if TYPE_CHECKING:
-    from aaclip_med.model.aaclip import AACLIP
 
 __all__ = ["VolumeResult", "default_threshold", "resolve_preset", "score_volume"]
 
@@ -72,7 +70,7 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
 
 
 def score_volume(
-    model: AACLIP,
+    model: SliceScorer,
     volume: Volume,
     preset: str | ModalityPreset | None = None,
     *,
@@ -82,7 +80,7 @@ def score_volume(
     """Score every slice of ``volume`` and reassemble the anomaly map, mask and scores.
 
     Args:
-        model: A model from :func:`aaclip_med.create_model`.
+        model: A model from :func:`aaclip_med.create_model` (any :class:`~aaclip_med._typing.SliceScorer`).
         volume: A volume from :func:`aaclip_med.read_volume`.
         preset: Modality preset name or object; ``None`` picks it from the volume's modality.
         config: Batch size, threshold, volume-score rule, component cleanup; defaults when ``None``.
@@ -159,7 +157,7 @@ def _slice_shapes(volume: Volume, axis: int) -> tuple[int, ...]:
     return tuple(volume.get_slice(0, axis).shape)
 
 
-def _pick_threshold(cfg: InferenceConfig, model: AACLIP, preset: str) -> tuple[float, str]:
+def _pick_threshold(cfg: InferenceConfig, model: SliceScorer, preset: str) -> tuple[float, str]:
     """The user's threshold, else the checkpoint's when calibrated for this preset, else the default."""
     if cfg.threshold is not None:
         return float(cfg.threshold), "flag"

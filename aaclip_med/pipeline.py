@@ -271,7 +271,7 @@ def _export(
 def _dicom_outputs(
     tmp: Path, volume: Volume, result: VolumeResult, cfg: RunConfig, *, n_levels: int
 ) -> dict[str, str]:
-    from aaclip_med import __version__
+    from aaclip_med._version import __version__
     from aaclip_med.dicom_export import write_dicom_seg, write_fractional_seg, write_parametric_map
     from aaclip_med.io import load_source_datasets
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from monai.inferers import SliceInferer
 
+from aaclip_med._typing import SliceScorer
 from aaclip_med.config import InferenceConfig, get_preset
 from aaclip_med.inference import VolumeResult, score_volume
 from aaclip_med.io import read_volume
@@ -70,3 +71,10 @@ def test_maps_equal_monai_slice_inferer(model: AACLIP, volume: Volume) -> None:
     scores = out[0, 0].flatten(0, 1).amax(0).numpy()  # slice score = max of the model-size map (DESIGN §0)
     np.testing.assert_allclose(result.slice_scores, scores, rtol=0, atol=ATOL)
 
+
+
+def test_the_model_and_the_test_stubs_are_slice_scorers(model: AACLIP) -> None:
+    from tests.test_pipeline import BrightnessModel
+
+    assert isinstance(model, SliceScorer) and isinstance(BrightnessModel(32), SliceScorer)
+    assert not isinstance(object(), SliceScorer)

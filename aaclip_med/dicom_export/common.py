@@ -19,8 +19,8 @@ import numpy.typing as npt
 import pydicom
 from pydicom.sr.codedict import codes
 
-from aaclip_med import __version__
 from aaclip_med._files import atomic_path
+from aaclip_med._version import __version__
 from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
 
 __all__ = [

@@ -17,8 +17,8 @@ import numpy.typing as npt
 import pydicom
 from pydicom.sr.codedict import codes
 
-from aaclip_med import __version__
 from aaclip_med._typing import PathLike
+from aaclip_med._version import __version__
 from aaclip_med.dicom_export.common import (
     build,
     check_lo,

@@ -11,22 +11,21 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aaclip_med._version import __version__
 from aaclip_med.config import ModalityPreset, get_preset
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
+from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
-
-if TYPE_CHECKING:
-    from aaclip_med.model.factory import ModelSpec
 
 __all__ = [
     "AACLIP",
@@ -142,7 +141,6 @@ class AACLIP(nn.Module):
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimised in ``stage`` 1 (text adapter) or 2 (image adapter)."""
         from aaclip_med.errors import ConfigError
-        from aaclip_med.model.factory import check_trainable_precision
 
         if stage not in (1, 2):
             msg = f"stage={stage} is not a training stage; use 1 (text adapter) or 2 (image adapter)."
@@ -243,8 +241,6 @@ class AACLIP(nn.Module):
         Raises:
             ConfigError: the model is ``int8`` (the stage-1 path is for training and needs the fp32 weights).
         """
-        from aaclip_med.model.factory import check_trainable_precision
-
         check_trainable_precision(self.precision)
         vv_axis = check_vv_axis(vv_axis)
         x = self._embed(x)
@@ -303,8 +299,6 @@ class AACLIP(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """Provenance for ``run.json`` and checkpoint metadata."""
-        from aaclip_med import __version__
-
         return {
             "model": self.spec.name,
             "backbone": dict(self.backbone_info),
@@ -341,8 +335,6 @@ class AACLIP(nn.Module):
         Raises:
             WeightsError: missing/unexpected keys, wrong shapes, or a different backbone than it was trained on.
         """
-        from aaclip_med.model.factory import check_backbone_match
-
         if ckpt.metadata is not None:  # first: "trained for another model" says more than a list of keys
             check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
         check_adapter_state({k: v.shape for k, v in self.adapter_state().items()}, ckpt.state, ckpt.source)

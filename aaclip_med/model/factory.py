@@ -1,28 +1,27 @@
 """The one model factory: a registry of named AA-CLIP configurations, :func:`create_model` and :func:`list_models`.
 
 Registry entries name an open_clip architecture; adapter widths, tap layers and adapter depths derive from the
-built backbone (DESIGN section 0), never from hard-coded numbers. ``aaclip-tiny`` registers its own small open_clip
-config (vision width 64, 4 blocks, patch 16 at 224 px -> a 14x14 grid; text width 64, 4 blocks) for tests and CPU
-benchmarks; 224 keeps a realistic grid for the 9x9 map blur while a forward pass stays in milliseconds.
+built backbone (DESIGN section 0), never from hard-coded numbers. ``aaclip-tiny`` is a small open_clip config
+shipped as package data, ``aaclip_med/data/aaclip-tiny.json`` (vision width 64, 4 blocks, patch 16 at 224 px -> a
+14x14 grid; text width 64, 4 blocks), for tests and CPU benchmarks; 224 keeps a realistic grid for the 9x9 map blur
+while a forward pass stays in milliseconds. :func:`register_model` adds entries and their open_clip configs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aaclip_med._typing import PathLike
 from aaclip_med.config import PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
+from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.weights import (
     AdapterSource,
     apply_backbone_state,
@@ -38,13 +37,13 @@ from aaclip_med.model.weights import (
 __all__ = [
     "get_spec",
     "MODEL_REGISTRY",
-    "TINY_OPEN_CLIP_CONFIG",
     "ModelSpec",
     "check_backbone_match",
     "create_model",
     "import_backbone",
     "list_models",
     "check_trainable_precision",
+    "register_model",
     "resolve_precision",
 ]
 
@@ -52,30 +51,8 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """A registry entry: which backbone, at which size, with which adapter settings."""
-
-    name: str
-    arch: str  # open_clip model config name
-    description: str
-    image_size: int  # default input size (the paper runs ViT-L-14-336 at 518 -> 37x37 grid)
-    default_backbone: str  # backbone_weights used when None is passed: a tag ("openai") or "random"
-    quick_gelu: bool = False  # exact GELU as the reference code (spec 8.3); True is the weights' own activation
-    lam_text: float = 0.1  # adaptation strength of the text adapters (spec 2.2)
-    lam_image: float = 0.1  # adaptation strength of the vision adapters
-    relu: bool = False  # LeakyReLU after seg/det projections (reference --relu, default off)
-    default_adapters: str | None = None  # file in aaclip_med/data used when adapter_weights is None
-    local_names: tuple[str, ...] = ()  # hand-downloaded file names looked for in $AACLIP_MED_WEIGHTS_DIR
-
-
-TINY_OPEN_CLIP_CONFIG: dict[str, Any] = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
-}
-_OWN_OPEN_CLIP_CONFIGS = {"aaclip-tiny": TINY_OPEN_CLIP_CONFIG}
+# open_clip architectures we ship or users register: arch -> its JSON config, added to open_clip on first use
+_OPEN_CLIP_CONFIGS: dict[str, Path] = {"aaclip-tiny": DATA_DIR / "aaclip-tiny.json"}
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {
     "aaclip-vitl14-336": ModelSpec(
@@ -124,15 +101,43 @@ def get_spec(name: str) -> ModelSpec:
     return MODEL_REGISTRY[name]
 
 
+def register_model(spec: ModelSpec, open_clip_config: PathLike | None = None, *, overwrite: bool = False) -> None:
+    """Add a registry entry, so ``create_model(spec.name)`` builds it (as ``aaclip-tiny`` is registered).
+
+    Args:
+        spec: The entry; ``spec.arch`` names an open_clip architecture, built in or given by ``open_clip_config``.
+        open_clip_config: An open_clip model config file named ``<spec.arch>.json`` (open_clip names configs by
+            their file name), added to open_clip when the model is first built.
+        overwrite: Replace an entry of the same name.
+
+    Raises:
+        ConfigError: the name is taken (without ``overwrite``), or the config file is missing or misnamed.
+
+    Example:
+        >>> spec = ModelSpec("my-tiny", "my-tiny", "2 blocks", 224, "random")  # doctest: +SKIP
+        >>> register_model(spec, "configs/my-tiny.json")  # doctest: +SKIP
+    """
+    if spec.name in MODEL_REGISTRY and not overwrite:
+        msg = f"Model '{spec.name}' is already registered; choose another name or pass overwrite=True."
+        raise ConfigError(msg)
+    if open_clip_config is not None:
+        path = Path(open_clip_config)
+        if not path.is_file() or path.name != f"{spec.arch}.json":
+            msg = (
+                f"open_clip config '{path}' must be an existing file named '{spec.arch}.json' (open_clip names a "
+                "config by its file name); pass that file or set spec.arch to its name."
+            )
+            raise ConfigError(msg)
+        _OPEN_CLIP_CONFIGS[spec.arch] = path
+    MODEL_REGISTRY[spec.name] = spec
+
+
 def _register_open_clip_config(arch: str) -> None:
     import open_clip
 
-    if arch not in _OWN_OPEN_CLIP_CONFIGS or arch in open_clip.list_models():
+    if arch not in _OPEN_CLIP_CONFIGS or arch in open_clip.list_models():
         return
-    folder = Path(tempfile.gettempdir()) / f"aaclip_med_open_clip_configs_{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{arch}.json").write_text(json.dumps(_OWN_OPEN_CLIP_CONFIGS[arch]), encoding="utf-8")
-    open_clip.add_model_config(folder)
+    open_clip.add_model_config(_OPEN_CLIP_CONFIGS[arch])
 
 
 def _cpu_has_bf16() -> bool:
@@ -168,17 +173,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def check_trainable_precision(precision: str) -> None:
-    """Refuse ``int8`` for training (called before any work by ``train`` and again by the model).
-
-    Raises:
-        ConfigError: ``precision`` is ``int8``.
-    """
-    if precision == "int8":
-        msg = "precision='int8' is inference only (quantised layers have no gradient); train with fp32/bf16/auto."
-        raise ConfigError(msg)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX/avx512-bf16, fp32 otherwise.
 
@@ -202,39 +196,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "fp16"
     return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
-
-
-def check_backbone_match(meta: dict[str, Any], backbone: dict[str, Any], source: str) -> None:
-    """Refuse adapters trained on another backbone: architecture name and weight fingerprint must agree.
-
-    Without a ``fingerprint`` in ``backbone`` (before the backbone is built) only the name is checked.
-
-    Raises:
-        WeightsError: the checkpoint records a different backbone.
-    """
-    trained = meta.get("backbone") or {}
-    if trained.get("name") not in (None, backbone["name"]):
-        msg = (
-            f"{source}: adapters were trained for model '{meta.get('model')}' (backbone {trained.get('name')}), "
-            f"this model uses backbone {backbone['name']}. Pass --model {meta.get('model')} or adapters trained "
-            "for this model."
-        )
-        raise WeightsError(msg)
-    want, have = trained.get("fingerprint"), backbone.get("fingerprint")
-    if want is not None and have is not None and (
-        len(want) != len(have)
-        or not all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4) for a, b in zip(want, have, strict=True))
-    ):
-        how = (
-            f"random seed {trained.get('seed')}"
-            if trained.get("source") == "random"
-            else (f"weights sha256 {str(trained.get('sha256'))[:12]}...")
-        )
-        msg = (
-            f"{source}: adapters were trained on a different {backbone['name']} backbone "
-            f"({how}). Build the model with those backbone weights/seed."
-        )
-        raise WeightsError(msg)
 
 
 def _build_backbone(

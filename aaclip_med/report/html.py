@@ -90,7 +90,7 @@ def slice_ranges(indices: Sequence[int]) -> str:
 
 
 def _render(template: str, path: PathLike, **context: Any) -> Path:
-    from aaclip_med import __version__
+    from aaclip_med._version import __version__
 
     html = _environment().get_template(template).render(version=__version__, banner=UNTRAINED_BANNER, **context)
     with atomic_path(path) as tmp:

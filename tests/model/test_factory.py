@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import open_clip
 import pytest
 import torch
 
-from aaclip_med.errors import UnknownModelError, WeightsError
+from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError
 from aaclip_med.model import AACLIP, create_model, factory, list_models
 from aaclip_med.model.weights import WEIGHTS_DIR_ENV, resolve_backbone_file, sha256_file
 
@@ -118,3 +121,43 @@ def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_tiny_config_is_package_data_and_register_model_adds_entries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shipped = factory.DATA_DIR / "aaclip-tiny.json"
+    config = json.loads(shipped.read_text(encoding="utf-8"))
+    assert config["vision_cfg"]["width"] == 64 and config["vision_cfg"]["layers"] == 4
+    monkeypatch.setattr(factory, "MODEL_REGISTRY", dict(factory.MODEL_REGISTRY))  # registration stays local
+    config["vision_cfg"]["layers"] = 2
+    own = tmp_path / "aaclip-test-2block.json"
+    own.write_text(json.dumps(config), encoding="utf-8")
+    spec = factory.ModelSpec("two-blocks", "aaclip-test-2block", "2 vision blocks", 64, "random")
+    factory.register_model(spec, own)
+    assert "two-blocks" in list_models()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = create_model("two-blocks", device="cpu", precision="fp32")
+    assert len(model.clip.visual.transformer.resblocks) == 2 and model.layout.taps == (1, 2)
+    with pytest.raises(ConfigError, match="already registered"):
+        factory.register_model(spec)
+    with pytest.raises(ConfigError, match="'other.json'"):
+        factory.register_model(factory.ModelSpec("x", "other", "", 64, "random"), own)
+
+
+def test_model_imports_run_one_way() -> None:
+    """spec <- aaclip <- factory (no import back, even inside a function); __version__ from the leaf module."""
+    package = Path(factory.__file__).resolve().parents[1]
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+        return names
+
+    assert not {n for n in imported(package / "model" / "aaclip.py") if n.startswith("aaclip_med.model.factory")}
+    assert not {n for n in imported(package / "model" / "spec.py") if n.startswith("aaclip_med.model")}
+    for path in package.rglob("*.py"):
+        assert "aaclip_med.__version__" not in imported(path), path
