@@ -10,17 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aaclip_med._files import check_outside_inputs
 from aaclip_med._typing import PathLike
+from aaclip_med.case_folder import MARKER, case_name, staged_output
 from aaclip_med.config import RunConfig
 from aaclip_med.errors import OutputError, UnsupportedFormatError
 from aaclip_med.inference import VolumeResult, resolve_preset, score_volume
@@ -33,8 +30,6 @@ __all__ = ["RunOutputs", "default_output_dir", "load_model", "run_study", "stage
 
 logger = logging.getLogger(__name__)
 
-MARKER = "run.json"  # a folder holding this file is an aaclip-med output and may be replaced by a new run
-
 
 @dataclass(frozen=True)
 class RunOutputs:
@@ -44,16 +39,6 @@ class RunOutputs:
     result: VolumeResult
     volume: Volume
     files: dict[str, Path]
-
-
-def case_name(path: PathLike) -> str:
-    """The case name of an input: its file name without image extensions, or the folder name."""
-    p = Path(path)
-    name = p.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] or p.name
-    return name
 
 
 def default_output_dir(input_path: PathLike) -> Path:
@@ -77,34 +62,6 @@ def _check_output(input_path: Path, out_dir: Path) -> None:
             "it. Choose another -o/--out folder or remove it."
         )
         raise OutputError(msg)
-
-
-@contextmanager
-def staged_output(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out_dir``, on failure it is deleted.
-
-    Raises:
-        OutputError: The parent folder cannot be created or written.
-    """
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
-    except OSError as err:
-        msg = f"Cannot write to {parent}: {err.strerror}. Choose a writable -o/--out folder."
-        raise OutputError(msg) from err
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            old = parent / f".{out_dir.name}.old-{os.getpid()}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_names(config: RunConfig, model: AACLIP | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -96,3 +98,18 @@ def test_mask_with_same_shape_but_other_grid_is_refused(scored: tuple[Path, Path
     with pytest.raises(ManifestError, match="affine"):
         evaluate(run_dir, shifted, tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_eval_command_imports_no_torch_monai_or_open_clip(scored: tuple[Path, Path], tmp_path: Path) -> None:
+    """`aaclip-med eval` is numpy/scikit-learn work: it runs (in a fresh interpreter) without the scoring stack."""
+    run_dir, mask = scored
+    code = (
+        "import sys\nfrom aaclip_med.cli import app\n"
+        "app(sys.argv[1:], standalone_mode=False)\n"
+        "print('heavy:', [m for m in ('torch', 'monai', 'open_clip') if m in sys.modules])"
+    )
+    args = ["eval", str(run_dir), "--labels", str(mask), "-o", str(tmp_path / "ev")]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pixel_auroc 1.0000" in done.stdout and done.stdout.strip().endswith("heavy: []"), done.stdout
+    assert (tmp_path / "ev" / "summary.csv").is_file()

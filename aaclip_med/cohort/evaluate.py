@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aaclip_med._typing import PathLike
+from aaclip_med.case_folder import case_name, staged_output
 from aaclip_med.cohort.manifest import Case, read_manifest
 from aaclip_med.cohort.summary import MARKER, CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
-from aaclip_med.pipeline import case_name, staged_output
 
 __all__ = ["EvalResult", "evaluate", "find_runs"]
 
