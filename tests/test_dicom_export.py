@@ -21,6 +21,7 @@ from aaclip_med.dicom_export import (
     write_parametric_map,
 )
 from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.io import load_source_datasets, read_volume
 
 ROWS, COLS, N_SLICES = 12, 16, 6
 ROW_COS = np.array([np.cos(0.3), np.sin(0.3), 0.0])  # oblique: rotated 0.3 rad about the z axis
@@ -224,10 +225,9 @@ def test_fractional_seg_refuses_bad_heatmaps(series, tmp_path: Path) -> None:
 
 
 def test_seg_of_volume_read_by_io_lands_on_its_source_slices(series, tmp_path: Path) -> None:
-    io = pytest.importorskip("aaclip_med.io", reason="aaclip_med.io not written yet")
     folder = Path(series[0].filename).parent
-    vol = io.read_volume(folder)
-    datasets = io.load_source_datasets(vol)
+    vol = read_volume(folder)
+    datasets = load_source_datasets(vol)
     for k, ds in enumerate(datasets):  # the CONTRACTS layout: data[:, :, k] == pixel_array.T of the k-th file
         np.testing.assert_allclose(vol.data[:, :, k], ds.pixel_array.T.astype(np.float32) - 1024.0)
     mask = (vol.data > vol.data.mean()).astype(np.uint8)

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aaclip_med.config import ForegroundRule, WindowConfig, get_preset
 from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, inverse_resize, slice_transform, window
@@ -78,10 +79,18 @@ def test_inverse_resize_and_foreground() -> None:
     ]
 
 
-def test_no_warning_on_normal_slice() -> None:
+@pytest.mark.parametrize("size", [30, 24])
+def test_ct_slice_by_hand_and_no_warning(size: int) -> None:
+    """The `ct` chain recomputed with numpy/torch: HU window [-160, 240], bicubic resize, clamp, CLIP normalise."""
+    slice2d = np.random.default_rng(1).normal(0, 100, (30, 30)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        slice_transform("ct", 24)(np.random.default_rng(1).normal(0, 100, (30, 30)).astype(np.float32))
+        out = slice_transform("ct", size)(slice2d)
+    scaled = torch.from_numpy(np.clip((slice2d + 160.0) / 400.0, 0.0, 1.0))[None, None]
+    resized = F.interpolate(scaled, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    expected = (resized.expand(3, -1, -1) - MEAN) / STD
+    assert out.shape == (3, size, size) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 if size != 30 else 0)
 
 
 def test_relative_foreground_uses_fill_value_of_zscored_mri() -> None:
