@@ -298,8 +298,10 @@ def eval_(
     res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
-                           if isinstance(row.get(k), float))  # fmt: skip
-        typer.echo(f"{next(iter(row.values()))}: {values}")
+                           if isinstance(row.get(k), float) and row[k] == row[k])  # fmt: skip
+        typer.echo(f"{row.get('preset')} [{row.get('map', 'model')}, {row.get('region', 'all')}]: {values}")
+    for line in res.sheets.verdicts:
+        typer.echo(line)
     if res.sheets.untrained:
         typer.secho("note: untrained/demo model: these numbers are not accuracy", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"sheets: {res.out_dir}")

@@ -184,3 +184,21 @@ def test_dicom_map_exports_follow_the_rule(tmp_path: Path) -> None:
     prob = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], ignore_spatial_locations=True)[..., 0]
     unscored = np.transpose(~res.scored_voxels, (2, 1, 0))
     assert prob[unscored].max() <= prob[~unscored].min()  # unscored never above a scored voxel
+
+
+def test_eval_applies_the_rule_to_older_run_folders(ct_case, tmp_path: Path) -> None:
+    """Folders written before the rule (0 on skipped slices, no unscored_value in qa.json) are evaluated alike."""
+    import json
+
+    image, mask = ct_case
+    out = run_study(image, tmp_path / "run", config=_cfg(-9.0), model=BrightnessModel(16, offset=-10.0)).out_dir
+    new = evaluate(out, mask, tmp_path / "new").sheets.cases[0]["pixel_auroc"]
+    heat_img = nib.load(out / "heatmap.nii.gz")
+    heat = np.asarray(heat_img.dataobj).copy()
+    heat[..., list(EMPTY)] = 0.0  # the old rule
+    nib.save(nib.Nifti1Image(heat, heat_img.affine), out / "heatmap.nii.gz")
+    qa = json.loads((out / "qa.json").read_text())
+    del qa["unscored_value"]
+    (out / "qa.json").write_text(json.dumps(qa))
+    old = evaluate(out, mask, tmp_path / "old").sheets.cases[0]["pixel_auroc"]
+    assert old == pytest.approx(new, abs=1e-3)

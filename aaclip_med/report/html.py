@@ -232,6 +232,7 @@ def write_cohort_html(
     title: str = "aaclip-med cohort report",
     sort_by: str = "score",
     case_link: str = "cases/{case_id}/report.html",
+    verdicts: Sequence[str] = (),
 ) -> Path:
     """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
 
@@ -245,6 +246,7 @@ def write_cohort_html(
         title: The page title.
         sort_by: Column to sort the case table by, highest first (rows without it go last).
         case_link: Relative link of a case page; the case id is linked only when that file exists.
+        verdicts: Sentences comparing the model with the trivial baselines (shown above the summary table).
 
     Returns:
         The written path.
@@ -272,6 +274,7 @@ def write_cohort_html(
         sort_by=sort_by,
         cases_table=_table(ordered, [link(row) for row in ordered]),
         summary_table=_table(summary),
+        verdicts=list(verdicts),
         failures_table=_table(failures),
         provenance_items=_provenance_items(prov, None, None),
         created=prov.get("created_utc", ""),
