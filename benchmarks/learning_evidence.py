@@ -81,12 +81,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_csv = _write(work / "train.csv", rows)
     size = ["--image-size", str(args.image_size)]
     adapters = work / "train" / "adapters.safetensors"
-    train_wall = train_cpu = float("nan")
+    timing = work / "train_timing.json"  # kept, so a rerun that reuses the training still reports its cost
     if not adapters.is_file():
-        train_wall, train_cpu = _cli("train", str(train_csv), "-o", str(work / "train"), *MODEL, *size,
-                                     "--text-epochs", str(args.text_epochs), "--image-epochs", str(args.image_epochs),
+        epochs = ["--text-epochs", str(args.text_epochs), "--image-epochs", str(args.image_epochs)]
+        train_wall, train_cpu = _cli("train", str(train_csv), "-o", str(work / "train"), *MODEL, *size, *epochs,
                                      "--image-batch-size", str(args.image_batch_size), "--seed", "0",
                                      "--image-lr", str(args.image_lr), log=log)  # fmt: skip
+        timing.write_text(json.dumps({"wall_s": train_wall, "cpu_s": train_cpu}), encoding="utf-8")
+    spent = json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else {}
+    train_wall, train_cpu = spent.get("wall_s", float("nan")), spent.get("cpu_s", float("nan"))
     tcga = (data / TCGA).resolve()
     tcga_image = next((tcga / "raw_bet").glob("*fla_bet.nii.gz"), None)
     test_rows, label_rows = ["case_id,image"], ["case_id,mask,organ_mask"]

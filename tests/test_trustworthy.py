@@ -202,3 +202,23 @@ def test_eval_applies_the_rule_to_older_run_folders(ct_case, tmp_path: Path) -> 
     (out / "qa.json").write_text(json.dumps(qa))
     old = evaluate(out, mask, tmp_path / "old").sheets.cases[0]["pixel_auroc"]
     assert old == pytest.approx(new, abs=1e-3)
+
+
+def test_score_region_flag(ct_case, tmp_path: Path) -> None:
+    """`--score-region image` reaches the config; a bad value is one line and exit 2, nothing written."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from aaclip_med.cli import app
+
+    image, _ = ct_case
+    tiny = ["--model", "aaclip-tiny", "--backbone-weights", "random", "--image-size", "32", "--no-progress"]
+    args = ["-q", "run", str(image), *tiny, "--score-region", "air", "-o", str(tmp_path / "x")]
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "score_region='air'" in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    ok = CliRunner().invoke(app, ["-q", "run", str(image), *tiny, "--preset", "ct", "--score-region", "image",
+                                  "-o", str(tmp_path / "y")])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "y" / "qa.json").read_text())["score_region"] == "image"
