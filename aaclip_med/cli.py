@@ -116,7 +116,7 @@ _SCORING_KEYS = {
     "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
     "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
-    "include_phi": "export.include_phi",
+    "include_phi": "export.include_phi", "score_region": "inference.score_region",
 }  # fmt: skip
 _SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
 
@@ -167,6 +167,9 @@ FractionalSegOpt = Annotated[
 PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
 PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+RegionOpt = Annotated[
+    str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
+]
 
 
 @app.command()
@@ -192,6 +195,7 @@ def run(
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
+    score_region: RegionOpt = None,
 ) -> None:
     """Score one study: heatmap, mask, DICOM SEG and report.
 
@@ -204,6 +208,7 @@ def run(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        score_region=score_region,
     )  # fmt: skip
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
     res = outputs.result
@@ -248,6 +253,7 @@ def batch(
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
+    score_region: RegionOpt = None,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
 
@@ -260,6 +266,7 @@ def batch(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        score_region=score_region,
     )  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
@@ -291,8 +298,10 @@ def eval_(
     res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
-                           if isinstance(row.get(k), float))  # fmt: skip
-        typer.echo(f"{next(iter(row.values()))}: {values}")
+                           if isinstance(row.get(k), float) and row[k] == row[k])  # fmt: skip
+        typer.echo(f"{row.get('preset')} [{row.get('map', 'model')}, {row.get('region', 'all')}]: {values}")
+    for line in res.sheets.verdicts:
+        typer.echo(line)
     if res.sheets.untrained:
         typer.secho("note: untrained/demo model: these numbers are not accuracy", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"sheets: {res.out_dir}")

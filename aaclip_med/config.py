@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 WindowMode = Literal["hu", "percentile", "zscore"]
+WindowScope = Literal["volume", "image"]
+ScoreRegion = Literal["foreground", "image"]
 
 # Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
 # per device; bf16/fp16 are autocast; int8 is dynamic int8 quantisation of the vision linears, CPU only.
@@ -47,27 +49,37 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 class WindowConfig:
     """How a slice's intensities are mapped to [0, 1] before the CLIP normalisation.
 
-    ``hu``: clip to [lower, upper] in stored units (HU for CT) and scale. ``percentile``: clip to the slice's
-    [lower, upper] percentiles of the foreground (BMAD renders each slice min-max, so 0/100 reproduces it).
-    ``zscore``: z-score within the foreground, then clip to [lower, upper] standard deviations and scale.
+    ``hu``: clip to [lower, upper] in stored units (HU for CT) and scale. ``percentile``: clip to the
+    [lower, upper] percentiles of the foreground. ``zscore``: z-score within the foreground, then clip to
+    [lower, upper] standard deviations and scale.
+
+    ``scope`` says over which voxels percentiles and z-scores are taken (DESIGN §0 "Window per volume"):
+    ``volume`` (default) derives the bounds once from the foreground of the whole volume and applies them to every
+    slice, so the same tissue gets the same input value on every slice; ``image`` derives them slice by slice, as
+    BMAD renders each slice min-max (the ``reference`` preset, for paper reproduction only: a lesion then darkens
+    the normal tissue of its own slice).
     """
 
     mode: WindowMode = "percentile"
     lower: float = 0.5  # percentiles: ignore the darkest 0.5 % (noise) but keep the whole dynamic range
     upper: float = 99.5  # bright outliers (vessels, flow artefacts) should not squash the contrast
+    scope: WindowScope = "volume"  # one window per volume; "image" only reproduces the reference's rendering
 
 
 @dataclass(frozen=True, slots=True)
 class ForegroundRule:
-    """Which voxels count as body/brain; slices with too little foreground are skipped and scored 0.
+    """Which voxels count as body/brain; slices with too little foreground are not scored.
 
     ``absolute``: value > threshold (stored units, e.g. HU > -500 is tissue in CT). ``relative``: value >
-    vmin + threshold * (p99.5 - vmin) over the whole volume (MRI has no absolute scale).
+    vmin + threshold * (p99.5 - vmin) over the whole volume (MRI has no absolute scale). ``body``: keep only the
+    largest 3D connected component (after an in-plane opening that cuts thin bridges to the CT table and
+    blankets) and fill its holes slice by slice (lungs, bowel gas), so the foreground is the patient's body.
     """
 
     mode: Literal["absolute", "relative"] = "relative"
     threshold: float = 0.05  # 5 % of the robust range separates air/skull-stripped zeros from tissue
     min_fraction: float = 0.01  # under 1 % foreground the slice is air or the edge of the field of view
+    body: bool = False  # largest component, holes filled (CT: the body, not the table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +106,13 @@ class ModalityPreset:
     blur_sigma: float = 1.5  # ... of sigma 1.5 (industrial: 7 and 1.0)
 
 
-_CT_FOREGROUND = ForegroundRule(mode="absolute", threshold=-500.0, min_fraction=0.01)
+_CT_FOREGROUND = ForegroundRule(mode="absolute", threshold=-500.0, min_fraction=0.01, body=True)
 _MR_FOREGROUND = ForegroundRule()
 
 MODALITY_PRESETS: dict[str, ModalityPreset] = {
     "brain_mri": ModalityPreset(
         name="brain_mri",
-        description="Brain MRI (FLAIR/T2): per-slice 0.5-99.5 percentile window, brain-MRI prompts",
+        description="Brain MRI (FLAIR/T2): 0.5-99.5 percentile window of the volume's brain, brain-MRI prompts",
         window=WindowConfig("percentile", 0.5, 99.5),
         foreground=_MR_FOREGROUND,
         prompts=PromptConfig(set="brain_mri"),
@@ -121,7 +133,7 @@ MODALITY_PRESETS: dict[str, ModalityPreset] = {
     ),
     "mri": ModalityPreset(
         name="mri",
-        description="Generic MRI: per-slice 1-99 percentile window, generic MRI prompts",
+        description="Generic MRI: 1-99 percentile window of the volume's foreground, generic MRI prompts",
         window=WindowConfig("percentile", 1.0, 99.0),
         foreground=_MR_FOREGROUND,
         prompts=PromptConfig(set="mri"),
@@ -129,7 +141,7 @@ MODALITY_PRESETS: dict[str, ModalityPreset] = {
     "reference": ModalityPreset(
         name="reference",
         description="Reference AA-CLIP: per-slice min-max, the reference prompts with class name 'scan'",
-        window=WindowConfig("percentile", 0.0, 100.0),
+        window=WindowConfig("percentile", 0.0, 100.0, scope="image"),
         foreground=_MR_FOREGROUND,
         prompts=PromptConfig(set="reference"),
     ),
@@ -189,6 +201,9 @@ class InferenceConfig:
     batch_size: int = 8  # slices per forward pass; memory stays flat in volume length
     threshold: float | None = None  # None: the checkpoint's calibrated threshold (raw map units, DESIGN 0)
     volume_score: Literal["max", "topk_mean"] = "max"  # max of slice scores, as the reference image score
+    # where a slice's map is scored: "foreground" (slice score = max inside the body/brain, heat outside it is
+    # "not scored"), or "image" (the reference's whole-image max, air included; for paper reproduction)
+    score_region: ScoreRegion = "foreground"
     topk: int = 3  # slices averaged by "topk_mean"; less sensitive to one noisy slice than "max"
     min_component_mm3: float = 0.0  # 3D components smaller than this are removed from the mask (0: keep all)
     seed: int = 0  # seeds a random backbone so that demo/test runs are reproducible
@@ -209,6 +224,8 @@ class InferenceConfig:
             bad = f"precision={self.precision!r} is not valid; use {', '.join(PRECISIONS)}"
         elif self.volume_score not in ("max", "topk_mean"):
             bad = f"volume_score={self.volume_score!r} is not valid; use max or topk_mean"
+        elif self.score_region not in ("foreground", "image"):
+            bad = f"score_region={self.score_region!r} is not valid; use foreground or image"
         else:
             return
         raise ConfigError(f"Invalid inference setting: {bad}.")

@@ -16,8 +16,14 @@ import numpy as np
 
 from aaclip_med._typing import SliceScorer
 from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset, preset_for_modality
-from aaclip_med.postprocess import aggregate_volume_score, remove_small_components, threshold_map
-from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform
+from aaclip_med.postprocess import (
+    UNSCORED_MARGIN,
+    aggregate_volume_score,
+    mark_unscored,
+    remove_small_components,
+    threshold_map,
+)
+from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform, volume_window
 from aaclip_med.volume import Volume, stack_slices
 
 __all__ = ["VolumeResult", "default_threshold", "resolve_preset", "score_volume"]
@@ -27,23 +33,38 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class VolumeResult:
-    """What :func:`score_volume` returns; maps are on the source voxel grid of the input volume."""
+    """What :func:`score_volume` returns; maps are on the source voxel grid of the input volume.
+
+    The "not scored" rule (DESIGN §0): voxels outside :attr:`scored_voxels` (slices skipped as empty, and the
+    air around the foreground with ``score_region="foreground"``) hold :attr:`unscored_value`, the lowest scored
+    value minus :data:`~aaclip_med.postprocess.UNSCORED_MARGIN`; skipped slices' scores hold it too. Every output
+    (NIfTI heatmap, Parametric Map, FRACTIONAL SEG, slices.csv) and consumer (eval, overlays, summaries) uses it.
+    """
 
     score: float  # volume score: max (or top-k mean) of the scored slices' scores
-    slice_scores: np.ndarray  # (n_slices,) float32; 0 for skipped slices
+    slice_scores: np.ndarray  # (n_slices,) float32: max of the map in the score region; unscored_value if skipped
     scored: np.ndarray  # (n_slices,) bool: the slice had foreground and went through the model
-    heatmap: np.ndarray  # (I,J,K) float32 raw AA-CLIP map (DESIGN §0 units); 0 on skipped slices
-    mask: np.ndarray  # (I,J,K) uint8: heatmap > threshold inside the foreground, small components removed
+    heatmap: np.ndarray  # (I,J,K) float32 raw AA-CLIP map (DESIGN §0 units); unscored_value outside scored_voxels
+    mask: np.ndarray  # (I,J,K) uint8: heatmap > threshold inside scored_voxels, small components removed
     threshold: float
     slice_axis: int
     preset: str
     qa: dict[str, Any] = field(default_factory=dict)
     untrained_backbone: bool = False
+    scored_voxels: np.ndarray | None = None  # (I,J,K) bool: the score region of the scored slices (None: all)
+    unscored_value: float = 0.0
+    window: tuple[float, float] | None = None  # intensity window the model saw (None: per slice, reference)
 
     @property
     def flagged(self) -> np.ndarray:
-        """(n_slices,) bool: scored slices whose score exceeds the threshold."""
-        return self.scored & (self.slice_scores > self.threshold)
+        """(n_slices,) bool: scored slices with a voxel in the mask.
+
+        With no component cleanup this is exactly ``slice score > threshold``, since the slice score is the
+        maximum of the same map inside the same region the mask is cut from; a slice whose only voxels above the
+        threshold fall in a component removed by ``min_component_mm3`` is not flagged.
+        """
+        other = tuple(a for a in range(3) if a != self.slice_axis)
+        return np.asarray(self.scored, dtype=bool) & np.asarray(self.mask, dtype=bool).any(axis=other)
 
 
 def default_threshold(n_levels: int) -> float:
@@ -103,10 +124,13 @@ def score_volume(
     preset_obj = resolve_preset(preset, volume)
     axis = volume.slice_axis
     n = volume.n_slices
-    fg = foreground_mask(volume.data, preset_obj.foreground)
+    fg = foreground_mask(volume.data, preset_obj.foreground, slice_axis=axis)
     fg_fraction = np.moveaxis(fg, axis, -1).reshape(-1, n).mean(axis=0)
     todo = [k for k in range(n) if fg_fraction[k] >= preset_obj.foreground.min_fraction]
+    bounds = volume_window(volume.data, fg, preset_obj.window)
     transform = slice_transform(preset_obj, model.input_size)
+    region = fg if cfg.score_region == "foreground" else np.ones(fg.shape, bool)
+    region_slices = volume.with_data(region.astype(np.float32))
 
     maps: list[np.ndarray | None] = [None] * n
     slice_scores = np.zeros(n, dtype=np.float32)
@@ -115,24 +139,35 @@ def score_volume(
     with bar:
         for batch in _batches(todo, cfg.batch_size):
             images = [volume.get_slice(k, axis) for k in batch]
-            x = _stack([transform(img) for img in images])
+            x = _stack([transform(img, bounds) for img in images])
             out = model.score_slices(x, preset_obj)
             for k, img, m in zip(batch, images, out.maps.float().cpu().numpy(), strict=True):
-                maps[k] = inverse_resize(m, img.shape)
-                slice_scores[k] = float(m.max())
+                full = maps[k] = inverse_resize(m, img.shape)
+                inside = region_slices.get_slice(k, axis) > 0
+                slice_scores[k] = float(full[inside].max()) if inside.any() else float(full.max())
             bar.update(len(batch))
     shapes = _slice_shapes(volume, axis)
-    heatmap = stack_slices(
-        [m if m is not None else np.zeros(shapes, np.float32) for m in maps], like=volume, axis=axis
-    ).astype(np.float32, copy=False)
-
-    threshold, threshold_source = _pick_threshold(cfg, model, preset_obj.name)
-    mask = threshold_map(heatmap, threshold) & fg.astype(np.uint8)
-    if cfg.min_component_mm3 > 0:
-        mask = remove_small_components(mask, volume.spacing, cfg.min_component_mm3)
+    filled = [m if m is not None else np.zeros(shapes, np.float32) for m in maps]
+    raw = stack_slices(filled, like=volume, axis=axis)
     scored = np.zeros(n, dtype=bool)
     scored[todo] = True
+    scored_voxels = region & np.expand_dims(scored, tuple(a for a in range(3) if a != axis))
+    heatmap, unscored = mark_unscored(raw, scored_voxels)
+    slice_scores[~scored] = unscored
+
+    threshold, threshold_source = _pick_threshold(cfg, model, preset_obj.name)
+    mask = threshold_map(heatmap, threshold) & scored_voxels.astype(np.uint8)
+    if cfg.min_component_mm3 > 0:
+        mask = remove_small_components(mask, volume.spacing, cfg.min_component_mm3)
     qa = _qa(volume, preset_obj, scored, threshold, threshold_source)
+    qa.update(
+        window={"mode": preset_obj.window.mode, "scope": preset_obj.window.scope, "lower": preset_obj.window.lower,
+                "upper": preset_obj.window.upper, "bounds": None if bounds is None else [*bounds]},
+        score_region=cfg.score_region,
+        foreground_fraction=float(fg.mean()) if fg.size else 0.0,
+        unscored_value=unscored,
+        unscored_rule=f"not scored (skipped slice, outside the score region): lowest scored - {UNSCORED_MARGIN:g}",
+    )  # fmt: skip
     return VolumeResult(
         score=aggregate_volume_score(slice_scores, scored, method=cfg.volume_score, k=cfg.topk),
         slice_scores=slice_scores,
@@ -144,6 +179,9 @@ def score_volume(
         preset=preset_obj.name,
         qa=qa,
         untrained_backbone=bool(model.untrained_backbone),
+        scored_voxels=scored_voxels,
+        unscored_value=unscored,
+        window=bounds,
     )
 
 

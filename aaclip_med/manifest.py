@@ -19,7 +19,7 @@ from aaclip_med.errors import ManifestError, did_you_mean
 
 __all__ = ["MANIFEST_COLUMNS", "Case", "check_case_id", "read_manifest"]
 
-MANIFEST_COLUMNS = ("case_id", "image", "mask", "label", "preset", "split", "series")
+MANIFEST_COLUMNS = ("case_id", "image", "mask", "label", "preset", "split", "series", "organ_mask")
 _BAD_ID = re.compile(r"[/\\\x00]")
 
 
@@ -36,6 +36,8 @@ class Case:
         split: Free-text split (``train``, ``valid``, ``test``), copied into the sheets.
         series: DICOM series selector (UID, number or description), or None.
         where: Where the case came from (``manifest.csv line 3``), for messages.
+        organ_mask: Organ (or brain) mask on the image grid (> 0 = organ), or None; ``eval`` then also reports
+            the pixel metrics inside it.
     """
 
     case_id: str
@@ -46,6 +48,7 @@ class Case:
     split: str | None = None
     series: str | None = None
     where: str = ""
+    organ_mask: Path | None = None
 
 
 def _label(value: str, where: str) -> int | None:
@@ -151,13 +154,14 @@ def read_manifest(path: str | Path, *, check_files: bool = True, images: bool = 
                 raise ManifestError(msg)
             image = path.parent / row[image_col] if image_col is not None else None
             mask = path.parent / row["mask"] if row.get("mask") else None
-            for kind, p in (("image", image), ("mask", mask)):
+            organ = path.parent / row["organ_mask"] if row.get("organ_mask") else None
+            for kind, p in (("image", image), ("mask", mask), ("organ_mask", organ)):
                 if check_files and p is not None and not p.exists():
                     msg = f"{where}: {kind} '{p}' does not exist; fix the path (relative to {path.parent})."
                     raise ManifestError(msg)
             cases.append(Case(case_id, image or Path(), mask, _label(row.get("label", ""), where),
                               _preset(row.get("preset", ""), where), row.get("split") or None,
-                              row.get("series") or None, where))
+                              row.get("series") or None, where, organ))
     if not cases:
         raise ManifestError(f"Manifest '{path}' has a header but no rows; add one row per study.")
     return cases

@@ -201,6 +201,9 @@ def _export(
         "threshold": result.threshold,
         "n_flagged": int(result.flagged.sum()),
         "untrained_backbone": result.untrained_backbone,
+        "window": result.qa.get("window"),
+        "score_region": result.qa.get("score_region"),
+        "unscored_value": result.unscored_value,
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
@@ -219,6 +222,7 @@ def _export(
             provenance=prov,
             untrained=result.untrained_backbone,
             preset=result.preset,
+            flagged=result.flagged,
         )
     files["run"] = MARKER
     report.write_json(prov, tmp / MARKER)  # last: its presence marks a complete folder

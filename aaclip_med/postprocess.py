@@ -26,15 +26,24 @@ from scipy import ndimage
 from aaclip_med.errors import ConfigError, GeometryError, did_you_mean
 
 __all__ = [
+    "UNSCORED_MARGIN",
     "aggregate_volume_score",
+    "mark_unscored",
     "remove_small_components",
     "threshold_map",
+    "unscored_value",
 ]
 
 logger = logging.getLogger(__name__)
 
 VolumeScoreMethod = Literal["max", "topk_mean"]
 _METHODS: tuple[str, ...] = ("max", "topk_mean")
+
+# The "not scored" rule (DESIGN §0): a voxel the model never scored (a slice skipped as empty, or outside the
+# foreground of a scored slice) holds the lowest scored value of its volume minus this margin, in raw map units.
+# So it never outranks a scored voxel whatever the units (trained maps are often all negative), viewers show it as
+# the darkest value, the FRACTIONAL SEG maps it to probability 0, and metrics need no special case.
+UNSCORED_MARGIN = 1.0
 
 # 26-connectivity: voxels touching by a face, an edge or a corner belong to one component, so a thin oblique
 # lesion drawn across slices is not split into one-voxel pieces.
@@ -58,6 +67,37 @@ def threshold_map(heatmap: npt.NDArray[np.floating], threshold: float) -> npt.ND
         msg = f"Threshold {threshold!r} is not a finite number; pass a value in raw AA-CLIP map units."
         raise ConfigError(msg)
     return (np.asarray(heatmap) > threshold).astype(np.uint8)
+
+
+def unscored_value(heatmap: npt.NDArray[np.floating], scored: npt.NDArray[np.bool_]) -> float:
+    """The value of unscored voxels: ``min(heatmap[scored]) - UNSCORED_MARGIN`` (0.0 when nothing was scored).
+
+    Example:
+        >>> unscored_value(np.array([-20.0, -7.0, 5.0]), np.array([True, True, False]))
+        -21.0
+    """
+    values = np.asarray(heatmap)[np.asarray(scored, dtype=bool)]
+    if values.size == 0:
+        return 0.0
+    return float(np.float32(float(values.min()) - UNSCORED_MARGIN))
+
+
+def mark_unscored(
+    heatmap: npt.NDArray[np.floating], scored: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Apply the "not scored" rule: voxels outside ``scored`` get :func:`unscored_value`.
+
+    Args:
+        heatmap: Raw map (any shape).
+        scored: Boolean array of the heatmap's shape (or broadcastable to it): True where the model scored.
+
+    Returns:
+        ``(map, value)``: a float32 copy with the rule applied, and the value given to unscored voxels.
+    """
+    heat = np.asarray(heatmap, dtype=np.float32)
+    where = np.broadcast_to(np.asarray(scored, dtype=bool), heat.shape)
+    value = unscored_value(heat, where)
+    return np.where(where, heat, np.float32(value)).astype(np.float32, copy=False), value
 
 
 def remove_small_components(
@@ -112,7 +152,7 @@ def aggregate_volume_score(
     """Combine per-slice scores into one volume score, using only the slices that were scored.
 
     Args:
-        slice_scores: ``(n_slices,)`` slice scores (skipped slices hold 0 and are ignored).
+        slice_scores: ``(n_slices,)`` slice scores (skipped slices hold the unscored value and are ignored).
         scored: ``(n_slices,)`` bool, True where the slice had foreground and was scored.
         method: ``"max"`` (the reference image score) or ``"topk_mean"`` (mean of the ``k`` highest scores,
             less sensitive to one noisy slice; all scored slices when fewer than ``k``).

@@ -2,14 +2,17 @@
 
 The chain is made of MONAI array transforms (``ScaleIntensityRange``, ``Resize``, ``RepeatChannel``,
 ``NormalizeIntensity``); the window's bounds come from the preset: fixed HU for CT, percentiles or a z-score of
-the slice's foreground for MRI. :func:`inverse_resize` brings model maps back to the slice grid.
+the foreground for MRI, derived once per volume by :func:`~aaclip_med.intensity.volume_window` (DESIGN §0
+"Window per volume") and given to every slice; only a window with ``scope="image"`` (the ``reference`` preset)
+derives them slice by slice. The overlays use the same bounds (:func:`~aaclip_med.intensity.window_bounds` is the
+one place they are computed).
+:func:`inverse_resize` brings model maps back to the slice grid.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,62 +26,27 @@ from monai.transforms.utility.array import RepeatChannel
 from aaclip_med._typing import Array, Array2D
 from aaclip_med.config import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError
+from aaclip_med.intensity import body_mask, foreground_mask, foreground_values, volume_window, window_bounds
 from aaclip_med.volume import replace_nan
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "SliceTransform",
+    "body_mask",
     "foreground_mask",
+    "foreground_values",
     "inverse_resize",
     "slice_transform",
+    "volume_window",
     "window",
+    "window_bounds",
 ]
 
 logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_RELATIVE_TOP_PERCENTILE = 99.5  # robust top of the range for relative foreground thresholds
-_FILL_SHARE = 0.2  # one exact value on over 20 % of voxels is a background fill, not tissue
-
-
-def foreground_mask(data: Array, rule: ForegroundRule) -> Array:
-    """Boolean mask of foreground voxels; thresholds are computed over the whole array given.
-
-    ``absolute``: ``data > threshold``. ``relative``: when one value fills over 20 % of the array (the zero
-    background of skull-stripped or z-scored MRI, whose brain voxels can be negative), every other value is
-    foreground; otherwise ``data > vmin + threshold * (p99.5 - vmin)`` (air is the dark end of raw MRI).
-
-    Example:
-        >>> foreground_mask(np.array([-1000.0, 40.0]), ForegroundRule("absolute", -500.0)).tolist()
-        [False, True]
-    """
-    arr = np.asarray(data, dtype=np.float32)
-    if rule.mode == "absolute":
-        return arr > rule.threshold
-    if rule.mode == "relative":
-        if arr.size == 0:
-            return np.zeros(arr.shape, bool)
-        fill = _fill_value(arr)
-        if fill is not None:
-            return arr != fill
-        vmin = float(arr.min())
-        top = float(np.percentile(arr, _RELATIVE_TOP_PERCENTILE))
-        return arr > vmin + rule.threshold * (top - vmin)
-    msg = f"Unknown foreground mode '{rule.mode}'; use 'absolute' or 'relative'."
-    raise ConfigError(msg)
-
-
-def _fill_value(arr: Array) -> float | None:
-    """The value that fills over :data:`_FILL_SHARE` of the array (a background constant), if any."""
-    sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]  # ~1e6 voxels are plenty to find a fill value
-    values, counts = np.unique(sample, return_counts=True)
-    order = np.argsort(counts)[::-1]
-    top = counts[order[0]]
-    runner_up = counts[order[1]] if counts.size > 1 else 0
-    dominant = top > _FILL_SHARE * sample.size and top > 2 * runner_up  # a fill, not a tie of few values
-    return float(values[order[0]]) if dominant else None
 
 
 def _constant(shape: tuple[int, ...], why: str) -> Array2D:
@@ -86,31 +54,30 @@ def _constant(shape: tuple[int, ...], why: str) -> Array2D:
     return np.zeros(shape, np.float32)
 
 
-def window(slice2d: Array, cfg: WindowConfig, foreground: ForegroundRule) -> Array2D:
+def window(
+    slice2d: Array, cfg: WindowConfig, foreground: ForegroundRule, bounds: tuple[float, float] | None = None
+) -> Array2D:
     """Map a slice's intensities to [0, 1] (float32) as the preset's window says.
+
+    Args:
+        slice2d: The slice in stored units.
+        cfg: The preset's window.
+        foreground: The preset's foreground rule (for bounds taken from this slice).
+        bounds: ``(lo, hi)`` from :func:`window_bounds` over the whole volume; ``None`` derives them from this
+            slice's foreground (``scope="image"``, the reference rendering; and the fixed ``hu`` limits).
 
     Constant slices (no contrast in the foreground) warn and give zeros rather than NaN.
     """
     arr, nan_warning = replace_nan(np.asarray(slice2d), "slice")
     if nan_warning:
         warnings.warn(nan_warning, stacklevel=2)
-    if cfg.mode == "hu":
-        return np.asarray(ScaleIntensityRange(cfg.lower, cfg.upper, 0.0, 1.0, clip=True)(arr), np.float32)
-    fg = foreground_mask(arr, foreground)
-    values = arr[fg] if fg.sum() > 1 else arr.ravel()
-    if cfg.mode == "percentile":
-        lo, hi = (float(v) for v in np.percentile(values, [cfg.lower, cfg.upper]))
-        if hi <= lo:
-            return _constant(arr.shape, f"constant slice (percentiles {cfg.lower}/{cfg.upper} both {lo:g})")
-        return np.asarray(ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)(arr), np.float32)
-    if cfg.mode == "zscore":
-        mean, std = float(values.mean()), float(values.std())
-        if std <= 0:
-            return _constant(arr.shape, f"constant slice (foreground std 0 at {mean:g})")
-        lo, hi = mean + cfg.lower * std, mean + cfg.upper * std
-        return np.asarray(ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)(arr), np.float32)
-    msg = f"Unknown window mode '{cfg.mode}'; use 'hu', 'percentile' or 'zscore'."
-    raise ConfigError(msg)
+    if bounds is None:
+        values = arr if cfg.mode == "hu" else foreground_values(arr, foreground_mask(arr, foreground))
+        bounds = window_bounds(values, cfg)
+    lo, hi = bounds
+    if hi <= lo:
+        return _constant(arr.shape, f"constant slice (window {cfg.mode} {cfg.lower}/{cfg.upper} at {lo:g})")
+    return np.asarray(ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)(arr), np.float32)
 
 
 def _clamp_unit(x: Array | torch.Tensor) -> torch.Tensor:
@@ -147,24 +114,28 @@ class SliceTransform:
         w = self.preset.window
         return {
             "preset": self.preset.name,
-            "window": {"mode": w.mode, "lower": w.lower, "upper": w.upper},
+            "window": {"mode": w.mode, "lower": w.lower, "upper": w.upper, "scope": w.scope},
             "size": self.size,
             "resize": "bicubic",
             "clip_mean": CLIP_MEAN,
             "clip_std": CLIP_STD,
         }
 
-    def __call__(self, slice2d: Array) -> torch.Tensor:
-        """Transform one 2D slice (display orientation) into the model's input."""
+    def __call__(self, slice2d: Array, bounds: tuple[float, float] | None = None) -> torch.Tensor:
+        """Transform one 2D slice (display orientation) into the model's input.
+
+        ``bounds``: the volume's window from :func:`window_bounds` (None: derived from this slice, see
+        :func:`window`).
+        """
         if np.ndim(slice2d) != 2:
             msg = f"slice_transform expects a 2D slice, got shape {np.shape(slice2d)}."
             raise ConfigError(msg)
-        scaled = window(slice2d, self.preset.window, self.preset.foreground)
+        scaled = window(slice2d, self.preset.window, self.preset.foreground, bounds)
         out = self._chain(scaled[None])
         return torch.as_tensor(out).as_subclass(torch.Tensor).to(torch.float32).contiguous()
 
 
-def slice_transform(preset: str | ModalityPreset, size: int) -> Callable[[Array], torch.Tensor]:
+def slice_transform(preset: str | ModalityPreset, size: int) -> SliceTransform:
     """The preprocessing of one preset at one input size.
 
     Example:

@@ -165,7 +165,10 @@ def test_cohort_failure_row_and_sheets(cohort: Path, tmp_path: Path, model) -> N
     assert float(rows["case_1"]["label"]) == 1.0 and float(rows["case_0"]["label"]) == 0.0
     assert 0.0 <= float(rows["case_1"]["pixel_auroc"]) <= 1.0 and rows["case_1"]["n_flagged"] != ""
     summary = _read_csv(out / "summary.csv")
-    assert [r["preset"] for r in summary] == ["mri", "Average"]
+    assert [(r["preset"], r["map"], r["region"]) for r in summary] == [
+        ("mri", "model", "all"), ("mri", "model", "foreground"),
+        ("mri", "intensity", "all"), ("mri", "intensity", "foreground"), ("Average", "model", "all"),
+    ]  # fmt: skip
     assert float(summary[0]["n_cases"]) == 5 and summary[0]["pixel_auroc"] and summary[0]["volume_auroc"]
     for name in ("report.html", "run.json"):
         assert (out / name).is_file()

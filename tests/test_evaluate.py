@@ -49,7 +49,9 @@ def test_perfect_prediction_scores_one(scored: tuple[Path, Path]) -> None:
     assert float(case["pixel_auroc"]) == pytest.approx(1.0)
     assert float(case["dice"]) == pytest.approx(1.0) and case["lesions_detected"] == "1"
     summary = _rows(res.out_dir / "summary.csv")
-    assert list(summary[0])[:5] == ["preset", "pixel_auroc", "pixel_ap", "image_auroc", "image_ap"]
+    head = ["preset", "map", "region", "pixel_auroc", "pixel_ap", "image_auroc", "image_ap"]
+    assert list(summary[0])[:7] == head
+    assert (summary[0]["map"], summary[0]["region"]) == ("model", "all")  # the peer-paper row comes first
     assert float(summary[0]["image_auroc"]) == pytest.approx(1.0)  # slices 6-9 outscore the others
     slices = _rows(res.out_dir / "slices.csv")
     assert tuple(slices[0]) == SLICE_COLUMNS and len(slices) == 16
@@ -76,6 +78,34 @@ def test_manifest_labels_and_missing_mask_message(scored: tuple[Path, Path], tmp
         evaluate(run_dir, tmp_path / "absent.nii.gz")
     with pytest.raises(ManifestError, match="no finished predictions"):
         evaluate(tmp_path / "labels.csv", mask)
+
+
+def test_baselines_and_in_region_metrics_side_by_side(nifti_path: Path, tmp_path: Path) -> None:
+    """A model that ranks the lesion last: the intensity baseline beats it, and the report says so in words."""
+    run = run_study(nifti_path, tmp_path / "run", config=_config(-1.0), model=BrightnessModel(32, sign=-1.0))
+    img = nib.load(nifti_path)
+    ref, organ = np.zeros(img.shape, np.uint8), np.zeros(img.shape, np.uint8)
+    ref[12:18, 14:20, 6:10] = 1
+    organ[8:24, 8:24, 4:12] = 1
+    for name, arr in (("mask", ref), ("organ", organ)):
+        nib.save(nib.Nifti1Image(arr, img.affine), tmp_path / f"{name}.nii.gz")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"case_id,mask,organ_mask\nrun,{tmp_path / 'mask.nii.gz'},{tmp_path / 'organ.nii.gz'}\n")
+    res = evaluate(run.out_dir, labels, tmp_path / "eval")
+    rows = {(r["map"], r["region"]): r for r in res.sheets.summary if r["preset"] == "ct"}
+    assert set(rows) == {("model", "all"), ("model", "foreground"), ("model", "organ"), ("intensity", "all"),
+                         ("intensity", "foreground"), ("intensity", "organ"), ("intensity_deviation", "organ")}
+    assert rows[("intensity", "all")]["pixel_auroc"] == pytest.approx(1.0)
+    assert rows[("model", "organ")]["pixel_auroc"] < 0.1  # inverted: the lesion ranks last inside the organ
+    assert rows[("intensity_deviation", "organ")]["pixel_auroc"] == pytest.approx(1.0)
+    case = res.sheets.cases[0]
+    assert case["baseline_pixel_auroc"] == pytest.approx(1.0) and case["pixel_auroc_organ"] < 0.1
+    beats = [v for v in res.sheets.verdicts if "BEATS the model" in v]
+    assert len(beats) == 4 and any("inside the organ mask" in v for v in beats)
+    summary = json.loads((res.out_dir / "summary.json").read_text())
+    assert summary["verdicts"] == res.sheets.verdicts
+    html = (res.out_dir / "report.html").read_text()
+    assert "BEATS the model" in html and "intensity_deviation" in html
 
 
 @pytest.mark.slow

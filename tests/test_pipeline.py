@@ -28,6 +28,8 @@ class BrightnessModel:
     """Stands in for AACLIP: the map is the input's channel mean, so bright voxels are 'anomalous'.
 
     It makes the expected mask known exactly, which tests the slicing, resizing and stacking geometry.
+    ``offset`` shifts the map and ``sign=-1`` makes dark voxels (air) the hottest: ``offset=-10`` gives
+    all-negative raw maps, as trained AA-CLIP maps often are (the "not scored" rule must hold whatever the units).
     """
 
     untrained_backbone = True
@@ -35,11 +37,13 @@ class BrightnessModel:
     threshold_presets: tuple[str, ...] = ()
     layout = SimpleNamespace(taps=(1, 2, 3, 4))
 
-    def __init__(self, input_size: int) -> None:
+    def __init__(self, input_size: int, offset: float = 0.0, sign: float = 1.0) -> None:
         self.input_size = input_size
+        self.offset = offset
+        self.sign = sign
 
     def score_slices(self, x: torch.Tensor, preset: object) -> SliceOutput:
-        maps = x.float().mean(dim=1)
+        maps = self.sign * x.float().mean(dim=1) + self.offset
         return SliceOutput(maps.amax(dim=(1, 2)), maps, torch.zeros(len(x)), None)
 
     def metadata(self) -> dict[str, object]:

@@ -121,6 +121,8 @@ def test_write_volume_overlays_with_volume_like(tmp_path: Path) -> None:
         untrained_backbone=True,
         slice_scores=heat.max(axis=(0, 1)),
         scored=np.array([False, True, True, True, True, False]),
+        scored_voxels=None,
+        window=None,
     )
     paths = report.write_volume_overlays(_FakeVolume(data, affine), result, tmp_path, n=2)
     assert paths[0].name == "slice_0002.png"
@@ -146,6 +148,8 @@ def test_volume_overlay_slices_share_orientation_with_real_volume(tmp_path: Path
         slice_axis=volume.slice_axis,
         preset="ct",
         untrained_backbone=False,
+        scored_voxels=None,
+        window=None,
     )
     (item,) = report.volume_overlay_slices(volume, result, [3])
     peak = np.unravel_index(np.argmax(item.image), item.image.shape)
@@ -189,8 +193,11 @@ def test_slice_rows_columns(tmp_path: Path, case_inputs: dict) -> None:
         read = list(csv.DictReader(handle))
     assert tuple(read[0]) == report.SLICE_COLUMNS
     assert len(read) == 30
-    assert [r["slice"] for r in read if r["flagged"] == "True"] == ["10", "11", "12"]
+    # with a mask, "flagged" means "has a mask voxel": it agrees with the mask even where scores say otherwise
+    assert [r["slice"] for r in read if r["flagged"] == "True"] == ["11"]
     assert read[11]["mask_voxels"] == "4"
+    no_mask = report.slice_rows("c1", case_inputs["slice_scores"], case_inputs["scored"], 3.0)
+    assert [r["slice"] for r in no_mask if r["flagged"]] == [10, 11, 12]  # without one: score > threshold
     assert read[0]["scored"] == "False"
     with pytest.raises(ConfigError, match="slice_axis"):
         report.slice_rows("c1", [1.0], [True], 0.5, mask=mask)

@@ -139,8 +139,8 @@ def evaluate(
         report.write_sheet(sheets.slices, tmp / names["slices"], columns=list(metrics.SLICE_COLUMNS))
         report.write_sheet(sheets.cases, tmp / names["cases"], columns=case_columns(sheets.cases))
         report.write_sheet(sheets.summary, tmp / names["summary"])
-        report.write_json({"normalisation": normalisation, "summary": sheets.summary, "cases": sheets.cases},
-                          tmp / names["json"])  # fmt: skip
+        report.write_json({"normalisation": normalisation, "verdicts": sheets.verdicts, "summary": sheets.summary,
+                           "cases": sheets.cases}, tmp / names["json"])  # fmt: skip
         if xlsx:
             names["xlsx"] = "evaluation.xlsx"
             report.write_xlsx({"summary": sheets.summary, "cases": sheets.cases, "slices": sheets.slices},
@@ -151,7 +151,8 @@ def evaluate(
         link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
                                  failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
-                                 title="aaclip-med evaluation", case_link=link)  # fmt: skip
+                                 title="aaclip-med evaluation", case_link=link,
+                                 verdicts=sheets.verdicts)  # fmt: skip
         names["marker"] = MARKER
         report.write_json(prov, tmp / MARKER)
     return EvalResult(out, sheets, {k: out / v for k, v in names.items()})

@@ -56,7 +56,7 @@ _SPLIT = re.compile(r"[_\-. ]+")
 
 
 def write_manifest(cases: Sequence[Case], path: str | Path) -> Path:
-    """Write cases as a manifest CSV, paths relative to its folder (the ``series`` column only when used).
+    """Write cases as a manifest CSV, paths relative to its folder (``series``, ``organ_mask`` only when used).
 
     Raises:
         ManifestError: Two cases share a case id.
@@ -76,10 +76,11 @@ def write_manifest(cases: Sequence[Case], path: str | Path) -> Path:
 
     rows = [
         {"case_id": c.case_id, "image": rel(c.image), "mask": rel(c.mask), "label": c.label,
-         "preset": c.preset, "split": c.split, "series": c.series}
+         "preset": c.preset, "split": c.split, "series": c.series, "organ_mask": rel(c.organ_mask)}
         for c in cases
     ]
-    columns = [k for k in MANIFEST_COLUMNS if k != "series" or any(c.series for c in cases)]
+    optional = {"series": any(c.series for c in cases), "organ_mask": any(c.organ_mask for c in cases)}
+    columns = [k for k in MANIFEST_COLUMNS if optional.get(k, True)]
     return write_sheet(rows, path, columns=columns)
 
 

@@ -313,7 +313,7 @@ def run_cohort(
     )
     files["report"] = report.write_cohort_html(out / "report.html", cases=sheets.cases, summary=sheets.summary,
                                                failures=sheets.failures, provenance=prov,
-                                               untrained=sheets.untrained)
+                                               untrained=sheets.untrained, verdicts=sheets.verdicts)
     files["run"] = report.write_json(prov, out / MARKER)
     logger.info("cohort %s: %d finished, %d failed", out, len(mine) - result.n_failed, result.n_failed)
     return result

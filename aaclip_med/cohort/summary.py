@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
+from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
 from aaclip_med.cohort.manifest import Case
 from aaclip_med.errors import AACLIPMedError, ConfigError
 
@@ -43,6 +45,7 @@ class CohortSheets:
     failures: list[dict[str, Any]] = field(default_factory=list)
     provenance_model: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
+    verdicts: list[str] = field(default_factory=list)  # where a trivial baseline beats the model, in words
 
 
 def case_record(case_dir: Path) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class _Group:
     volume_scores: list[float] = field(default_factory=list)
     image_labels: list[np.ndarray] = field(default_factory=list)
     image_scores: list[np.ndarray] = field(default_factory=list)
+    regions: RegionSet = field(default_factory=RegionSet)  # in-region and baseline pixel metrics
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,12 @@ def _metrics(
     qa = json.loads((case_dir / "qa.json").read_text(encoding="utf-8"))
     axis = int(qa["slice_axis"])
     spacing = qa.get("spacing_mm")
+    slice_scores, scored = _slice_table(case_dir)
+    if "unscored_value" not in qa:  # written before the "not scored" rule: apply it to the skipped slices now
+        from aaclip_med.postprocess import mark_unscored
+
+        heatmap, value = mark_unscored(heatmap, np.expand_dims(scored, tuple(a for a in range(3) if a != axis)))
+        slice_scores = np.where(scored, slice_scores, value)
     if group.pixels is None:
         group.pixels = metrics.PixelAccumulator(threshold=threshold)
     group.pixels.update(heatmap, ref, slice_axis=axis)
@@ -157,7 +167,8 @@ def _metrics(
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)
-    slice_scores, scored = _slice_table(case_dir)
+    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, str(qa.get("preset") or record.get(
+        "config", {}).get("preset")), axis, organ_mask=case.organ_mask))  # fmt: skip
     slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
@@ -167,6 +178,11 @@ def _metrics(
 
 
 def _summary(groups: Mapping[str, _Group], normalisation: str) -> list[dict[str, Any]]:
+    rows = _model_summary(groups, normalisation)
+    return region_rows({name: g.regions for name, g in groups.items() if g.regions.pixels}, rows)
+
+
+def _model_summary(groups: Mapping[str, _Group], normalisation: str) -> list[dict[str, Any]]:
     from aaclip_med import metrics
 
     results = {}
@@ -238,6 +254,7 @@ def assemble(
             sheets.provenance_model = dict(record.get("model", {}))
             sheets.untrained = bool(sheets.provenance_model.get("untrained_backbone", False))
     sheets.summary = _summary(groups, normalisation)
+    sheets.verdicts = verdicts(sheets.summary)
     return sheets
 
 
@@ -245,5 +262,6 @@ def case_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """``cases.csv`` columns: the fixed ones, then metric columns present in any row."""
     from aaclip_med.metrics import CASE_COLUMNS
 
-    extra = [c for c in CASE_COLUMNS if c not in CASE_SHEET_COLUMNS and any(c in r for r in rows)]
+    known = (*CASE_COLUMNS, *BASELINE_COLUMNS, "baseline_reasons")
+    extra = [c for c in known if c not in CASE_SHEET_COLUMNS and any(c in r for r in rows)]
     return [*CASE_SHEET_COLUMNS, *extra]

@@ -45,7 +45,9 @@ def heatmap_probability(heatmap: npt.ArrayLike, n_levels: int = 4) -> npt.NDArra
     ``heatmap / n_levels`` is the level mean of the reference code's anomaly map: 0.5 where the abnormal and
     normal anchors are equally close (the default threshold, ``0.5·n_levels``), rising linearly by 0.5 per 0.01
     of cosine-similarity difference. Values outside [0, 1] are clipped, so the probability saturates where the
-    anchors differ by more than 0.01 on average; skipped (empty) slices, whose heatmap is 0, get 0.
+    anchors differ by more than 0.01 on average. Voxels the model did not score hold the lowest scored value minus
+    1 (the "not scored" rule, DESIGN §0), so they get the lowest probability of the volume and never outrank a
+    scored voxel.
 
     Args:
         heatmap: Raw heatmap in DESIGN §0 units.
@@ -72,7 +74,8 @@ def probability_rule(n_levels: int = 4) -> str:
     return (
         f"Anomaly probability = clip(heatmap / {n_levels}, 0, 1), where heatmap is the raw AA-CLIP map: the sum "
         f"over {n_levels} levels of 50*(s_abn - s_nor) + 0.5 (cosine similarities to the abnormal and normal "
-        "text anchors). 0.5 = both anchors equally close; slices skipped as empty are 0. "
+        "text anchors). 0.5 = both anchors equally close; voxels not scored (empty slices, outside the body) hold "
+        "the lowest scored value minus 1, so their probability is the volume's lowest. "
         f"Stored as round({MAX_FRACTIONAL_VALUE} * probability)."
     )
 
@@ -162,7 +165,7 @@ def write_fractional_seg(
     :func:`write_dicom_seg`.
 
     Args:
-        heatmap: ``(I, J, K)`` raw heatmap on the source grid (DESIGN §0 units, 0 on skipped slices).
+        heatmap: ``(I, J, K)`` raw heatmap on the source grid (DESIGN §0 units; unscored voxels lowest).
         source_datasets: Source images in ``k`` order, or one multi-frame image with ``K`` frames.
         path: Output file (``heatmap_seg.dcm``); parent folders are created.
         n_levels: Number of levels summed into the heatmap (``len(model.layout.taps)``).

@@ -133,6 +133,7 @@ def write_case_html(
     untrained: bool = False,
     preset: str | None = None,
     histogram_values: Array | None = None,
+    flagged: Array | None = None,
 ) -> Path:
     """Write the one-page report of a case.
 
@@ -154,13 +155,16 @@ def write_case_html(
         untrained: Show the untrained-model banner.
         preset: The modality preset name (else taken from the provenance config).
         histogram_values: Values for the histogram; default the scores of the scored slices.
+        flagged: ``(n_slices,)`` bool, the flagged slices (``VolumeResult.flagged``: slices with a mask voxel);
+            default scored slices whose score exceeds the threshold.
 
     Returns:
         The written path.
     """
     scores = np.asarray(slice_scores, dtype=np.float64)
     scored_b = np.asarray(scored, dtype=bool)
-    flagged = np.flatnonzero(scored_b & (scores > threshold)).tolist()
+    is_flagged = scored_b & (scores > threshold) if flagged is None else np.asarray(flagged, dtype=bool)
+    flagged_idx = np.flatnonzero(is_flagged).tolist()
     qa = dict(qa or {})
     warnings_list = [str(w) for w in qa.pop("warnings", []) or []]
     hist_source = scores[scored_b] if histogram_values is None else np.asarray(histogram_values)
@@ -168,7 +172,7 @@ def write_case_html(
         ("volume score", score),
         ("threshold (map units)", threshold),
         ("slices scored", f"{int(scored_b.sum())} of {scores.size}"),
-        ("flagged slices", f"{len(flagged)}: {slice_ranges(flagged)}" if flagged else "none"),
+        ("flagged slices", f"{len(flagged_idx)}: {slice_ranges(flagged_idx)}" if flagged_idx else "none"),
     ]
     return _render(
         "case_report.html",
@@ -228,6 +232,7 @@ def write_cohort_html(
     title: str = "aaclip-med cohort report",
     sort_by: str = "score",
     case_link: str = "cases/{case_id}/report.html",
+    verdicts: Sequence[str] = (),
 ) -> Path:
     """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
 
@@ -241,6 +246,7 @@ def write_cohort_html(
         title: The page title.
         sort_by: Column to sort the case table by, highest first (rows without it go last).
         case_link: Relative link of a case page; the case id is linked only when that file exists.
+        verdicts: Sentences comparing the model with the trivial baselines (shown above the summary table).
 
     Returns:
         The written path.
@@ -268,6 +274,7 @@ def write_cohort_html(
         sort_by=sort_by,
         cases_table=_table(ordered, [link(row) for row in ordered]),
         summary_table=_table(summary),
+        verdicts=list(verdicts),
         failures_table=_table(failures),
         provenance_items=_provenance_items(prov, None, None),
         created=prov.get("created_utc", ""),

@@ -2,7 +2,9 @@
 
 Matplotlib is used through :class:`matplotlib.figure.Figure` and the Agg canvas directly, so no pyplot state is
 created and the caller's backend (a notebook's inline backend, say) is left alone. The heat colours are
-normalised per volume for display only (DESIGN §0); the caption keeps the raw score in map units.
+normalised per volume for display only (DESIGN §0); the caption keeps the raw score in map units. Heat is drawn
+only where the model scored (``VolumeResult.scored_voxels``: inside the foreground), and the grey image uses the
+window the model saw (``VolumeResult.window``, from :func:`aaclip_med.intensity.window_bounds`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 
 from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
-from aaclip_med.config import ModalityPreset, WindowConfig, get_preset
+from aaclip_med.config import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError, GeometryError
+from aaclip_med.intensity import foreground_mask, foreground_values, window_bounds
 
 if TYPE_CHECKING:
     from aaclip_med.inference import VolumeResult
@@ -72,8 +75,9 @@ def window_limits(image: Array, window: WindowSpec = None) -> tuple[float, float
     Args:
         image: The 2D slice in stored units.
         window: ``(lo, hi)`` in stored units; a :class:`WindowConfig`, a preset or a preset name (its window:
-            ``hu`` limits as they are, ``percentile`` limits over the slice, ``zscore`` limits in standard
-            deviations around the mean); None for the slice's 1-99 percentiles.
+            ``hu`` limits as they are, ``percentile`` or ``zscore`` limits over the slice's foreground, by
+            :func:`aaclip_med.intensity.window_bounds`, as the model sees a slice with ``scope="image"``); None
+            for the slice's 1-99 percentiles.
 
     Returns:
         ``(lo, hi)`` with ``hi > lo``.
@@ -85,22 +89,22 @@ def window_limits(image: Array, window: WindowSpec = None) -> tuple[float, float
         >>> window_limits(np.zeros((4, 4)), (-200, 250))
         (-200.0, 250.0)
     """
+    foreground = ForegroundRule()
     if isinstance(window, str | ModalityPreset):
-        config: object = get_preset(window).window
+        preset = get_preset(window)
+        config: object = preset.window
+        foreground = preset.foreground
     else:
         config = WindowConfig("percentile", 1.0, 99.0) if window is None else window
     values = np.asarray(image, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    values = np.where(np.isfinite(values), values, np.nan)
+    if not np.isfinite(values).any():
         values = np.zeros(1)
+    values = np.nan_to_num(values, nan=float(np.nanmin(values)))
     if isinstance(config, WindowConfig):
-        if config.mode == "hu":
-            limits = [config.lower, config.upper]
-        elif config.mode == "percentile":
-            limits = np.percentile(values, [config.lower, config.upper]).tolist()
-        else:
-            mean, std = values.mean(), values.std()
-            limits = [mean + config.lower * std, mean + config.upper * std]
+        per_slice = config.mode != "hu" and window is not None  # a preset's window: over the slice's foreground
+        fg = foreground_mask(values, foreground) if per_slice else np.ones(values.shape, bool)
+        limits = list(window_bounds(foreground_values(values, fg), config))
     elif isinstance(config, Sequence) and len(config) == 2:
         limits = list(config)
     else:
@@ -163,7 +167,10 @@ def volume_overlay_slices(volume: Volume, result: VolumeResult, indices: Sequenc
         One :class:`OverlaySlice` per index.
     """
     axis = result.slice_axis
-    heat_volume = volume.with_data(np.asarray(result.heatmap, dtype=np.float32))
+    heat = np.asarray(result.heatmap, dtype=np.float32)
+    if result.scored_voxels is not None:  # heat only where the model scored (inside the foreground)
+        heat = np.where(result.scored_voxels, heat, np.float32(np.nan))
+    heat_volume = volume.with_data(heat)
     mask_volume = volume.with_data(np.asarray(result.mask, dtype=np.float32))
     slices = []
     for k in indices:
@@ -187,15 +194,17 @@ def write_volume_overlays(
 ) -> list[Path]:
     """Write overlays of the ``n`` top-scoring scored slices of a volume.
 
-    The heat is shown from the 90th percentile of the map over the scored slices up to its maximum (display
-    only), so the top of the map stands out whatever the volume's overall level.
+    The heat is shown from the 90th percentile of the map over the scored voxels up to its maximum (display
+    only), so the top of the map stands out whatever the volume's overall level; voxels the model did not score
+    (outside the foreground, skipped slices) get no heat.
 
     Args:
         volume: The scored volume.
         result: Its result.
         out_dir: Folder for the PNGs (created if needed).
         n: Number of slices.
-        window: Display window (see :func:`window_limits`); None takes the result's preset window.
+        window: Display window (see :func:`window_limits`); None takes the window the model saw
+            (``result.window``, or the preset's per-slice window when the preset derives one per slice).
 
     Returns:
         The PNG paths, highest-scoring slice first.
@@ -205,13 +214,17 @@ def write_volume_overlays(
         logger.info("No scored slice in %s; no overlays written", volume.source)
         return []
     heat = np.asarray(result.heatmap)
-    scored = np.asarray(result.scored, dtype=bool)
-    heat_scored = np.moveaxis(heat, result.slice_axis, 0)[scored]
+    if result.scored_voxels is not None:
+        heat_scored = heat[np.asarray(result.scored_voxels, dtype=bool)]
+    else:
+        heat_scored = np.moveaxis(heat, result.slice_axis, 0)[np.asarray(result.scored, dtype=bool)]
     heat_range = (float(np.percentile(heat_scored, 90)), float(heat_scored.max()))
+    if window is None:
+        window = result.window if result.window is not None else result.preset
     return write_overlays(
         volume_overlay_slices(volume, result, indices),
         out_dir,
-        window=result.preset if window is None else window,
+        window=window,
         heat_range=heat_range,
         untrained=result.untrained_backbone,
     )

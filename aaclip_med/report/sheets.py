@@ -32,9 +32,9 @@ SLICE_COLUMNS: tuple[str, ...] = (
     "case_id",  # the case (manifest case_id, or the input's name for `run`)
     "slice",  # index along the slice axis, 0-based, in the volume's stored order
     "position_mm",  # world position of the slice centre (RAS+ mm) along the world axis closest to the slice axis
-    "score",  # slice score in raw map units (0 when not scored)
+    "score",  # slice score in raw map units: max of the map in the score region (the unscored value if not scored)
     "scored",  # True when the slice had enough foreground to be scored
-    "flagged",  # True when scored and score > threshold
+    "flagged",  # True when scored and the slice has a mask voxel (without a mask given: score > threshold)
     "mask_voxels",  # voxels of the slice in the anomaly mask (empty when no mask was given)
 )
 
@@ -57,9 +57,10 @@ def slice_rows(
         case_id: The case identifier.
         slice_scores: ``(n_slices,)`` slice scores in map units.
         scored: ``(n_slices,)`` bool, True where the slice was scored.
-        threshold: The map threshold; a scored slice is flagged when its score exceeds it.
+        threshold: The map threshold; without ``mask`` a scored slice is flagged when its score exceeds it.
         positions_mm: Optional ``(n_slices,)`` slice positions in mm.
-        mask: Optional 3D anomaly mask, counted per slice along ``slice_axis``.
+        mask: Optional 3D anomaly mask, counted per slice along ``slice_axis``; a scored slice is then flagged
+            when it has a mask voxel, so ``flagged`` and the mask always agree.
         slice_axis: The voxel slice axis of ``mask``; required with ``mask``.
 
     Returns:
@@ -84,11 +85,16 @@ def slice_rows(
             "position_mm": None if positions_mm is None else float(positions_mm[k]),
             "score": float(scores[k]),
             "scored": bool(scored_b[k]),
-            "flagged": bool(scored_b[k] and scores[k] > threshold),
+            "flagged": bool(scored_b[k] and _flag(scores[k], threshold, counts[k])),
             "mask_voxels": counts[k],
         }
         for k in range(scores.size)
     ]
+
+
+def _flag(score: float, threshold: float, mask_voxels: int | None) -> bool:
+    """A slice's flag: it has a mask voxel; without a mask, its score exceeds the threshold."""
+    return score > threshold if mask_voxels is None else mask_voxels > 0
 
 
 def to_jsonable(obj: Any) -> Any:

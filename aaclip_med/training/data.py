@@ -7,7 +7,8 @@ naming the file/row and the fix before any training starts.
 2D pictures are read with PIL (grey -> 3 channels), resized bicubically to the model size, and their masks are
 resized with nearest neighbour and binarised (``!= 0``). Volumes are read with :func:`~aaclip_med.io.read_volume`
 and cut with :meth:`~aaclip_med.volume.Volume.iter_slices`, image and mask together on the image's grid; slices
-with too little foreground (the preset's rule) are skipped; a slice is anomalous when its mask has a voxel > 0. The
+with too little foreground (the preset's rule) are skipped; a slice is anomalous when its mask has a voxel > 0;
+each volume's intensity window is derived once from its foreground, as at inference (DESIGN §0). The
 kept slices of volumes are held in memory as float32 at their source size (about 0.25 MB per 240x240 slice), so
 the volumes are read once.
 """
@@ -29,7 +30,7 @@ from aaclip_med.io import read_volume
 from aaclip_med.manifest import Case
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.layouts import is_2d_image
-from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, slice_transform
+from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, slice_transform, volume_window
 
 __all__ = ["SliceItem", "SliceDataset", "build_datasets", "load_items"]
 
@@ -50,6 +51,8 @@ class SliceItem:
         slice_index: Index along the volume's slice axis (-1 for 2D pictures).
         pixels: Volume slice in display orientation (float32), or None for 2D pictures.
         mask_pixels: Volume mask slice (bool), or None.
+        window: The volume's intensity window ``(lo, hi)`` (DESIGN §0: one window per volume, as at inference),
+            or None for 2D pictures and per-image windows.
     """
 
     case_id: str
@@ -61,6 +64,7 @@ class SliceItem:
     slice_index: int = -1
     pixels: np.ndarray | None = field(default=None, repr=False)
     mask_pixels: np.ndarray | None = field(default=None, repr=False)
+    window: tuple[float, float] | None = None
 
 
 def _check_exists(record: Case) -> None:
@@ -124,8 +128,11 @@ def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
         msg = f"{record.where}: volume labelled 1 but no mask; give the label map (label > 0 = anomaly)."
         raise ManifestError(msg)
     name = preset or preset_for_modality(volume.modality)
-    rule = get_preset(name).foreground
-    fg = volume.with_data(foreground_mask(volume.data, rule).astype(np.float32))
+    preset_obj = get_preset(name)
+    rule = preset_obj.foreground
+    fg_mask = foreground_mask(volume.data, rule, slice_axis=volume.slice_axis)
+    bounds = volume_window(volume.data, fg_mask, preset_obj.window)
+    fg = volume.with_data(fg_mask.astype(np.float32))
     masks = volume.with_data((mask_volume.data > 0).astype(np.float32)) if mask_volume is not None else None
     items = []
     mask_iter = masks.iter_slices() if masks is not None else None
@@ -134,7 +141,9 @@ def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
         if fg_slice.mean() < rule.min_fraction:
             continue
         label = int(mask_slice.any())
-        items.append(SliceItem(record.case_id, name, label, record.split, None, None, k, pixels, mask_slice))
+        items.append(
+            SliceItem(record.case_id, name, label, record.split, None, None, k, pixels, mask_slice, bounds)
+        )
     if not items:
         logger.warning("%s: no slice of '%s' has foreground; the case is skipped", record.where, record.image)
     return items
@@ -238,7 +247,7 @@ class SliceDataset(Dataset[dict[str, object]]):
     def _image01(self, item: SliceItem) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.image_size
         if item.pixels is not None:
-            x = self._windows[item.preset](item.pixels)
+            x = self._windows[item.preset](item.pixels, item.window)
             image = (x * self._std + self._mean).clamp(0.0, 1.0)
             mask_src = item.mask_pixels if item.mask_pixels is not None else np.zeros(item.pixels.shape, bool)
             return image, self._resize_mask(mask_src)
