@@ -13,7 +13,7 @@ from aaclip_med.config import InferenceConfig, get_preset
 from aaclip_med.inference import VolumeResult, score_volume
 from aaclip_med.io import read_volume
 from aaclip_med.model import AACLIP
-from aaclip_med.transforms import inverse_resize, slice_transform
+from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform, volume_window
 from aaclip_med.volume import Volume, stack_slices
 from tests.model.conftest import build_tiny
 
@@ -55,22 +55,33 @@ def test_maps_and_scores_do_not_depend_on_the_batch_size(model: AACLIP, volume: 
 
 
 def test_maps_equal_monai_slice_inferer(model: AACLIP, volume: Volume) -> None:
-    """MONAI's SliceInferer over the preprocessed slices, then inverse resize and restack: score_volume's map."""
+    """MONAI's SliceInferer over the preprocessed slices, then inverse resize and restack: score_volume's map.
+
+    The slices get the volume's one window (DESIGN §0); with ``score_region="image"`` every voxel of a scored slice
+    keeps its map value, and with the default foreground region the voxels inside the foreground do.
+    """
     preset = get_preset("mri")
     transform = slice_transform(preset, model.input_size)
     slices = list(volume.iter_slices())
-    stack = torch.stack([transform(s) for s in slices], dim=-1)[None]  # (1, 3, S, S, n_slices)
+    bounds = volume_window(volume.data, foreground_mask(volume.data, preset.foreground), preset.window)
+    stack = torch.stack([transform(s, bounds) for s in slices], dim=-1)[None]  # (1, 3, S, S, n_slices)
     inferer = SliceInferer(roi_size=(SIZE, SIZE), spatial_dim=2, sw_batch_size=4, progress=False)
     with torch.inference_mode():  # score_slices returns inference tensors, which MONAI then scales in place
         out = inferer(stack, lambda x: model.score_slices(x, preset).maps[:, None])
     assert tuple(out.shape) == (1, 1, SIZE, SIZE, len(slices))
     maps = [inverse_resize(out[0, 0, ..., k], s.shape) for k, s in enumerate(slices)]
     expected = stack_slices(maps, like=volume)
-    result = _score(model, volume, 3)
-    np.testing.assert_allclose(result.heatmap, expected, rtol=0, atol=ATOL)
-    scores = out[0, 0].flatten(0, 1).amax(0).numpy()  # slice score = max of the model-size map (DESIGN §0)
-    np.testing.assert_allclose(result.slice_scores, scores, rtol=0, atol=ATOL)
-
+    whole = score_volume(
+        model, volume, "mri", config=InferenceConfig(batch_size=3, progress=False, score_region="image")
+    )
+    assert whole.scored.all() and whole.window == bounds
+    np.testing.assert_allclose(whole.heatmap, expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(whole.slice_scores, [float(m.max()) for m in maps], rtol=0, atol=ATOL)
+    inside = _score(model, volume, 3)
+    fg = inside.scored_voxels
+    assert fg.any() and not fg.all()
+    np.testing.assert_allclose(inside.heatmap[fg], expected[fg], rtol=0, atol=ATOL)
+    assert float(inside.heatmap[~fg].max()) < float(inside.heatmap[fg].min())  # not scored never outranks
 
 
 def test_the_model_and_the_test_stubs_are_slice_scorers(model: AACLIP) -> None:
