@@ -1,13 +1,15 @@
 """The ``aaclip-med`` command line (typer). Thin: parse flags, call the library, map errors to exit codes.
 
-Heavy packages (torch, open_clip, MONAI) are imported inside the commands, so ``aaclip-med --help`` stays fast.
-Errors the user can fix (:class:`~aaclip_med.errors.AACLIPMedError`) print one red line and exit with code 2;
-anything else is a bug and shows a traceback (exit 1); Ctrl-C exits with 130.
+Heavy packages (torch, open_clip, MONAI) are imported inside the commands, after the arguments and paths are
+checked, so ``--help`` and refusals stay fast. Exit codes: 0 done; 2 an error the user can fix
+(:class:`~aaclip_med.errors.AACLIPMedError`: one red line); 3 ``batch`` finished but some cases failed (see
+failures.csv); 1 a bug (traceback); 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -28,6 +30,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # recent typer vendors click as typer._click; older releases use click itself
 _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
+
+EXIT_USAGE = 2  # bad input, flag, path or weights: one `error:` line, nothing written
+EXIT_CASES_FAILED = 3  # `batch` ran to the end but some cases failed: failures.csv says why
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -60,11 +65,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
+
+
 def _user_errors(func: F) -> F:
-    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130."""
+    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130; add ``-v``/``-q`` to the command.
+
+    ``-v``/``-q`` work before the command (``aaclip-med -q run X``) and after it (``aaclip-med run X -q``).
+    """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
+        if verbose or quiet:
+            configure_logging(-1 if quiet else verbose)
         try:
             return func(*args, **kwargs)
         except AACLIPMedError as err:
@@ -72,15 +86,40 @@ def _user_errors(func: F) -> F:
         except KeyboardInterrupt:
             _fail("interrupted; no partial outputs were left behind", code=130)
 
+    sig = inspect.signature(func, eval_str=True)
+    options = (("verbose", 0, VerboseOpt), ("quiet", False, QuietOpt))
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, default, annotation in options]  # fmt: skip
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**func.__annotations__, "verbose": VerboseOpt, "quiet": QuietOpt}
     return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from aaclip_med import __version__
+
+        typer.echo(f"aaclip-med {__version__}")
+        raise typer.Exit
 
 
 @app.callback()
 def _main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     configure_logging(-1 if quiet else verbose)
+
+
+def _heavy_imports(what: str) -> None:
+    """Say what the next seconds of silence are: importing torch/open_clip/MONAI (several seconds cold)."""
+    import logging
+
+    if not {"torch", "monai"} <= set(sys.modules):
+        logging.getLogger("aaclip_med").info("loading %s (torch, MONAI) ...", what)
 
 
 @app.command()
@@ -116,9 +155,11 @@ _SCORING_KEYS = {
     "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
     "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
-    "include_phi": "export.include_phi",
+    "include_phi": "export.include_phi", "keep_names": "export.keep_names", "base_dir": "export.base_dir",
+    "no_seg": "export.dicom_seg", "no_report": "export.html", "overlays": "export.overlays",
 }  # fmt: skip
-_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
+_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names"})
+_OFF_SWITCHES = frozenset({"no_seg", "no_report"})  # --no-X: given turns X off, absent keeps the config's value
 
 
 def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
@@ -133,6 +174,10 @@ def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
     for flag, value in flags.items():
         if flag in _SWITCHES:
             value = True if value else None
+        elif flag in _OFF_SWITCHES:
+            value = False if value else None
+        elif flag == "base_dir" and value is not None:
+            value = str(value)
         if value is None:  # not given: the config's value stays
             continue
         section, _, name = _SCORING_KEYS[flag].rpartition(".")
@@ -165,8 +210,33 @@ FractionalSegOpt = Annotated[
     bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
 ]
 PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
-PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
+PhiOpt = Annotated[
+    bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date and input names in outputs.")
+]
+KeepNamesOpt = Annotated[
+    bool, typer.Option("--keep-names", help="Record input paths as given; name cases after their files.")
+]
+BaseDirOpt = Annotated[
+    Path | None, typer.Option(help="Record input paths relative to this folder (default: as hashes).")
+]
+NoSegOpt = Annotated[bool, typer.Option("--no-seg", help="No DICOM SEG of the mask (seg.dcm).")]
+NoReportOpt = Annotated[bool, typer.Option("--no-report", help="No report.html.")]
+OverlaysOpt = Annotated[
+    int | None, typer.Option(min=0, help="PNG overlays of the top slices (0: none; default 6).")
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier output in OUT (files you added are kept).")
+]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
+def _check_paths(*inputs: Path | None) -> None:
+    """Refuse missing inputs before the slow imports (a typo costs < 1 s, not 10)."""
+    from aaclip_med._files import check_input_exists
+
+    for path in inputs:
+        if path is not None:
+            check_input_exists(path)
 
 
 @app.command()
@@ -187,8 +257,17 @@ def run(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
+    no_seg: NoSegOpt = False,
     parametric_map: ParametricMapOpt = False,
     fractional_seg: FractionalSegOpt = False,
+    overlays: OverlaysOpt = None,
+    no_report: NoReportOpt = False,
+    overwrite: OverwriteOpt = False,
+    case_id: Annotated[
+        str | None, typer.Option(help="Name of the case in sheets and report (default: a hash of the path).")
+    ] = None,
+    keep_names: KeepNamesOpt = False,
+    base_dir: BaseDirOpt = None,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
@@ -197,15 +276,22 @@ def run(
 
     Slice by slice; also overlays, slices.csv, qa.json and run.json.
     """
-    from aaclip_med.pipeline import run_study
+    from aaclip_med._files import check_output_folder, default_output_dir
 
     cfg = _scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
+        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
     )  # fmt: skip
-    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
+    _check_paths(input_path)
+    check_output_folder(out or default_output_dir(input_path), [input_path], overwrite=overwrite)
+    _heavy_imports("the scoring pipeline")
+    from aaclip_med.pipeline import run_study
+
+    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index, case_id=case_id,
+                        overwrite=overwrite)  # fmt: skip
     res = outputs.result
     if res.untrained_backbone:
         typer.secho(
@@ -217,6 +303,9 @@ def run(
         f"volume score {res.score:.4g} (threshold {res.threshold:.4g}); "
         f"{int(res.flagged.sum())}/{int(res.scored.sum())} scored slices flagged"
     )
+    n_warnings = len(res.qa.get("warnings", []))
+    if n_warnings:
+        typer.secho(f"{n_warnings} QA warning(s): see qa.json and the report", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"outputs: {outputs.out_dir}")
     if "report" in outputs.files:
         typer.echo(f"report:  {outputs.files['report']}")
@@ -238,39 +327,55 @@ def batch(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
+    no_seg: NoSegOpt = False,
     parametric_map: ParametricMapOpt = False,
     fractional_seg: FractionalSegOpt = False,
+    overlays: OverlaysOpt = None,
+    no_report: NoReportOpt = False,
     resume: Annotated[bool, typer.Option("--continue", help="Skip finished cases (with run.json).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute a finished cohort in OUT (files you added are kept).")
+    ] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the cohort into N parts (sorted ids, i % N).")] = 1,
     part_id: Annotated[int, typer.Option(min=0, help="The part this call computes (0-based).")] = 0,
     workers: Annotated[int, typer.Option(min=0, help="Dask LocalCluster worker processes (0: in-process).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler tcp://HOST:PORT.")] = None,
+    keep_names: KeepNamesOpt = False,
+    base_dir: BaseDirOpt = None,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
 
-    One OUT/cases/<case_id>/ per study plus cohort sheets and report.
+    One OUT/cases/<case_id>/ per study plus cohort sheets and report. Exit code 3 when any case failed.
     """
-    from aaclip_med.cohort import run_cohort
-
     cfg = _scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
+        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
     )  # fmt: skip
+    from aaclip_med._files import check_cohort_folder
+
+    if not source.exists():
+        _fail(f"{source}: no such manifest CSV or data folder; check the path.")
+    check_cohort_folder(out, [] if source.is_file() else [source], resume=resume, overwrite=overwrite,
+                        num_parts=num_parts)  # fmt: skip
+    _heavy_imports("the scoring pipeline")
+    from aaclip_med.cohort import run_cohort
+
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
-                     workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
+                     workers=workers, scheduler=scheduler, progress=not no_progress,
+                     overwrite=overwrite)  # fmt: skip
     typer.echo(f"{res.n_done} cases scored, {res.n_skipped} already finished, {res.n_failed} failed")
-    if res.n_failed and not res.n_done + res.n_skipped:
-        _fail(f"all {res.n_failed} cases failed; see {res.files['failures']} for each one's error")
-    if res.n_failed:
-        typer.secho(f"failures: {res.files['failures']}", fg=typer.colors.YELLOW, err=True)
     if num_parts > 1:
         typer.echo(f"part {part_id} of {num_parts} done; assemble: a final `batch --continue` (no --num-parts)")
     typer.echo(f"outputs: {out}")
+    if res.n_failed:
+        n_cases = res.n_done + res.n_skipped + res.n_failed
+        _fail(f"{res.n_failed} of {n_cases} cases failed; see {res.files['failures']}", code=EXIT_CASES_FAILED)
 
 
 @app.command("eval")
@@ -280,15 +385,24 @@ def eval_(
     labels: Annotated[Path, typer.Option(help="A mask, a manifest CSV (case_id,mask,label) or a mask folder.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation)")] = None,
     normalisation: Annotated[str, typer.Option(help="none (raw units), set (reference code) or volume.")] = "none",
+    labels_threshold: Annotated[
+        float | None, typer.Option(help="Binarise non-integer label maps at this value (else they are refused).")
+    ] = None,
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Also write evaluation.xlsx.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier evaluation in OUT (files you added are kept).")
+    ] = False,
 ) -> None:
     """Evaluate predictions against reference masks.
 
     Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
     """
+    _check_paths(predictions, labels)
+    _heavy_imports("the evaluation")
     from aaclip_med.cohort import evaluate
 
-    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
+    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx,
+                   labels_threshold=labels_threshold, overwrite=overwrite)  # fmt: skip
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
                            if isinstance(row.get(k), float))  # fmt: skip
@@ -308,10 +422,10 @@ def train(
     image_size: SizeOpt = None,
     text_epochs: Annotated[int, typer.Option(min=0, help="Stage 1 epochs (text adapter).")] = 5,
     image_epochs: Annotated[int, typer.Option(min=0, help="Stage 2 epochs (image adapter).")] = 20,
-    text_batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    image_batch_size: Annotated[int, typer.Option(min=1)] = 2,
-    text_lr: Annotated[float, typer.Option(min=0)] = 1e-5,
-    image_lr: Annotated[float, typer.Option(min=0)] = 5e-4,
+    text_batch_size: Annotated[int, typer.Option(min=1, help="Stage 1 slices per step.")] = 16,
+    image_batch_size: Annotated[int, typer.Option(min=1, help="Stage 2 slices per step.")] = 2,
+    text_lr: Annotated[float, typer.Option(min=0, help="Stage 1 learning rate.")] = 1e-5,
+    image_lr: Annotated[float, typer.Option(min=0, help="Stage 2 learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seeds data order, augmentation and a random backbone.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
@@ -326,6 +440,11 @@ def train(
 
     Images or volumes; writes OUT/adapters.safetensors.
     """
+    from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
+
+    _check_paths(data)
+    check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
+    _heavy_imports("the training code")
     from aaclip_med.training import train as train_adapters
 
     path = train_adapters(

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import highdicom as hd
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -106,15 +108,20 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_batch_where_every_case_fails_exits_2(tmp_path: Path) -> None:
+def test_batch_with_failed_cases_exits_3(tmp_path: Path) -> None:
     src = tmp_path / "cohort"
     src.mkdir()
     for name in ("a.nii.gz", "b.nii.gz"):
         (src / name).write_text("not a nifti")
-    args = ["-q", "batch", str(src), "-o", str(tmp_path / "out"), "--model", "aaclip-tiny", "--no-progress"]
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((24, 24, 3), dtype=np.float32) * 100, np.eye(4)), src / "c.nii.gz")
+    args = ["batch", str(src), "-o", str(tmp_path / "out"), "--model", "aaclip-tiny", "--image-size", "64",
+            "--no-progress"]  # fmt: skip
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "all 2 cases failed" in result.output
+    assert result.exit_code == 3, result.output  # not 0: a script must notice; not 2: that means bad usage
+    assert "2 of 3 cases failed; see" in result.output and "failures.csv" in result.output
     assert (tmp_path / "out" / "failures.csv").is_file()  # the failure sheet says why, per case
+    assert (tmp_path / "out" / "run.json").is_file()  # the cohort sheets of the good case are written
 
 
 def test_flags_lay_over_the_config_file(tmp_path: Path) -> None:

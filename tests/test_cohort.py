@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -179,7 +180,7 @@ def test_refuses_foreign_output_folder(cohort: Path, tmp_path: Path, model) -> N
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.docx").write_text("x")
-    with pytest.raises(OutputError, match="not an aaclip-med cohort folder"):
+    with pytest.raises(OutputError, match="not an aaclip-med output folder"):
         run_cohort(cohort, out, config=CONFIG, model=model, progress=False)
 
 
@@ -237,6 +238,10 @@ def test_resume_after_sigkill(cohort: Path, tmp_path: Path, model) -> None:
 def test_folder_source_and_reproducible(tmp_path: Path, model) -> None:
     make_cohort(tmp_path / "data", n=3, corrupt=None)
     a = run_cohort(tmp_path / "data" / "img", tmp_path / "a", config=CONFIG, model=model, progress=False)
-    b = run_cohort(tmp_path / "data" / "img", tmp_path / "b", config=CONFIG, progress=False)
-    assert [r["case_id"] for r in a.cases] == ["case_0", "case_1", "case_2"]
-    assert [r["score"] for r in a.cases] == [r["score"] for r in b.cases]
+    named = dataclasses.replace(CONFIG, export=dataclasses.replace(CONFIG.export, keep_names=True))
+    b = run_cohort(tmp_path / "data" / "img", tmp_path / "b", config=named, progress=False)
+    assert [r["case_id"] for r in b.cases] == ["case_0", "case_1", "case_2"]  # --keep-names: the file names
+    ids = {r["case_id"] for r in a.cases}  # by default: hashes of the names, never the names
+    assert len(ids) == 3 and all(i.startswith("case-") and len(i) == 15 for i in ids)
+    by_name = {r["case_id"]: r["score"] for r in b.cases}
+    assert sorted(r["score"] for r in a.cases) == sorted(by_name.values())

@@ -234,6 +234,10 @@ def check_backbone_match(meta: dict[str, Any], backbone: dict[str, Any], source:
         raise WeightsError(msg)
 
 
+def _no_pretrained_note(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _build_backbone(
     spec: ModelSpec, weights: str, image_size: int, seed: int, trust_pickle: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -242,9 +246,14 @@ def _build_backbone(
     info: dict[str, Any] = {"name": spec.arch, "quick_gelu": spec.quick_gelu}
     path = None if weights == "random" else resolve_backbone_file(spec.arch, weights, spec.local_names)
     state = None if path is None else load_backbone_state(path, trust_pickle)
-    clip = open_clip.create_model(
-        spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
-    )
+    root = logging.getLogger()  # open_clip warns "No pretrained weights loaded": we load our own just below
+    root.addFilter(_no_pretrained_note)
+    try:
+        clip = open_clip.create_model(
+            spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
+        )
+    finally:
+        root.removeFilter(_no_pretrained_note)
     if path is None:
         warnings.warn(
             f"{spec.name}: untrained backbone (random init from seed {seed}); maps are not meaningful "
