@@ -134,6 +134,7 @@ def info(
 
     Shape, spacing, orientation, modality, series and value range.
     """
+    _check_paths(path)
     from aaclip_med.io import describe_volume, read_volume
 
     desc = describe_volume(read_volume(path, series=series, volume_index=volume_index))
