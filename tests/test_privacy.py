@@ -59,7 +59,8 @@ def test_no_output_byte_names_the_patient(patient_folder: Path, tmp_path: Path) 
     _ok(["run", str(patient_folder / "DoeJane_PID12345.nii.gz"), *TINY, "-o", str(out / "run_nifti")])
     _ok(["run", str(patient_folder / "PID12345_ct"), *TINY, "--fractional-seg", "-o", str(out / "run_dicom")])
     _ok(["batch", str(patient_folder), *TINY, "-o", str(out / "batch")])
-    _ok(["eval", str(out / "run_nifti"), "--labels", str(tmp_path / "mask_DoeJane.nii.gz"), "-o", str(out / "eval")])
+    labels = tmp_path / "mask_DoeJane.nii.gz"
+    _ok(["eval", str(out / "run_nifti"), "--labels", str(labels), "-o", str(out / "eval")])
     assert _leaks(out) == []
     run = json.loads((out / "run_nifti" / "run.json").read_text())
     assert run["case_id"].startswith("case-") and run["inputs"][0]["path"].startswith("sha256:")
