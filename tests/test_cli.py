@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,20 @@ def test_readme_main_command_on_the_bundled_sample(tmp_path: Path) -> None:
     for name in ("heatmap.nii.gz", "mask.nii.gz", "seg.dcm", "slices.csv", "qa.json", "run.json", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
     assert file_hashes(SAMPLE) == before
+    qa = json.loads((tmp_path / "out" / "qa.json").read_text())
+    assert qa["threshold_source"] == "checkpoint"  # the demo's threshold calibrated for the automatic 'ct' preset
+    mask = np.asarray(nib.load(tmp_path / "out" / "mask.nii.gz").dataobj)
+    assert 0 < mask.mean() < 0.01  # something is marked, not nothing and not the whole body
+    assert "untrained" in result.output
+
+
+def test_demo_has_a_threshold_for_every_preset() -> None:
+    from aaclip_med import create_model
+    from aaclip_med.config import MODALITY_PRESETS
+
+    model = create_model("demo", device="cpu")
+    assert set(model.preset_thresholds) == set(MODALITY_PRESETS)
+    assert model.preset_thresholds["brain_mri"] > -3.0  # not the F1-max value that marked the whole brain
 
 
 def test_fractional_seg_flag_and_toml_key(tmp_path: Path) -> None:

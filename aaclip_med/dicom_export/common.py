@@ -246,7 +246,7 @@ def save(dataset: pydicom.Dataset, path: Path, include_phi: bool) -> Path:
     except OSError as err:
         msg = f"Cannot write {path}: {err.strerror}; check free space and permissions."
         raise OutputError(msg) from err
-    logger.info("wrote %s", path)
+    logger.debug("wrote %s", path.name)  # its folder may be a staging folder that is renamed away
     return path
 
 
