@@ -8,31 +8,51 @@ failures.csv); 1 a bug (traceback); 130 Ctrl-C.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 import typer.core
 from typer.core import TyperGroup
 
 from aaclip_med._logging import configure_logging
-from aaclip_med.errors import AACLIPMedError
-
-if TYPE_CHECKING:
-    from aaclip_med.config import RunConfig
-
-F = TypeVar("F", bound=Callable[..., Any])
+from aaclip_med.cli_options import (
+    EXIT_CASES_FAILED,
+    AdapterOpt,
+    BackboneOpt,
+    BaseDirOpt,
+    BatchOpt,
+    ComponentOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FractionalSegOpt,
+    InputArg,
+    KeepNamesOpt,
+    ModelOpt,
+    NoProgressOpt,
+    NoReportOpt,
+    NoSegOpt,
+    OverlaysOpt,
+    OverwriteOpt,
+    ParametricMapOpt,
+    PhiOpt,
+    PickleOpt,
+    PrecisionOpt,
+    PresetOpt,
+    QuietOpt,
+    SizeOpt,
+    ThresholdOpt,
+    VerboseOpt,
+    check_paths,
+    fail,
+    scoring_config,
+    user_errors,
+)
 
 # recent typer vendors click as typer._click; older releases use click itself
 _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
-
-EXIT_USAGE = 2  # bad input, flag, path or weights: one `error:` line, nothing written
-EXIT_CASES_FAILED = 3  # `batch` ran to the end but some cases failed: failures.csv says why
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -58,41 +78,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: rich's import and layout doubled `--help` time (> 0.5 s)
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
-
-
-def _user_errors(func: F) -> F:
-    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130; add ``-v``/``-q`` to the command.
-
-    ``-v``/``-q`` work before the command (``aaclip-med -q run X``) and after it (``aaclip-med run X -q``).
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
-        if verbose or quiet:
-            configure_logging(-1 if quiet else verbose)
-        try:
-            return func(*args, **kwargs)
-        except AACLIPMedError as err:
-            _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-        except KeyboardInterrupt:
-            _fail("interrupted; no partial outputs were left behind", code=130)
-
-    sig = inspect.signature(func, eval_str=True)
-    options = (("verbose", 0, VerboseOpt), ("quiet", False, QuietOpt))
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, default, annotation in options]  # fmt: skip
-    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**func.__annotations__, "verbose": VerboseOpt, "quiet": QuietOpt}
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
@@ -123,7 +108,7 @@ def _heavy_imports(what: str) -> None:
 
 
 @app.command()
-@_user_errors
+@user_errors
 def info(
     path: Annotated[Path, typer.Argument(help="DICOM file/folder/DICOMDIR/zip, NIfTI, NRRD or MHA.")],
     series: Annotated[str | None, typer.Option(help="Series UID, number or description.")] = None,
@@ -134,7 +119,7 @@ def info(
 
     Shape, spacing, orientation, modality, series and value range.
     """
-    _check_paths(path)
+    check_paths(path)
     from aaclip_med.io import describe_volume, read_volume
 
     desc = describe_volume(read_volume(path, series=series, volume_index=volume_index))
@@ -148,100 +133,8 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
-# Flags `run` and `batch` share, and the RunConfig field each one sets; switches only ever turn a setting on.
-_SCORING_KEYS = {
-    "preset": "preset", "model": "inference.model", "adapter_weights": "inference.adapter_weights",
-    "backbone_weights": "inference.backbone_weights", "threshold": "inference.threshold",
-    "device": "inference.device", "precision": "inference.precision", "batch_size": "inference.batch_size",
-    "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
-    "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
-    "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
-    "include_phi": "export.include_phi", "keep_names": "export.keep_names", "base_dir": "export.base_dir",
-    "no_seg": "export.dicom_seg", "no_report": "export.html", "overlays": "export.overlays",
-}  # fmt: skip
-_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names"})
-_OFF_SWITCHES = frozenset({"no_seg", "no_report"})  # --no-X: given turns X off, absent keeps the config's value
-
-
-def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
-    """The RunConfig of `run` and `batch`: ``--config`` (or defaults) with the scoring flags given laid over it."""
-    import dataclasses
-
-    from aaclip_med.config import RunConfig, load_run_config
-
-    cfg = load_run_config(config) if config is not None else RunConfig()
-    sections: dict[str, Any] = {"inference": cfg.inference, "export": cfg.export}
-    top: dict[str, Any] = {}
-    for flag, value in flags.items():
-        if flag in _SWITCHES:
-            value = True if value else None
-        elif flag in _OFF_SWITCHES:
-            value = False if value else None
-        elif flag == "base_dir" and value is not None:
-            value = str(value)
-        if value is None:  # not given: the config's value stays
-            continue
-        section, _, name = _SCORING_KEYS[flag].rpartition(".")
-        if section:
-            sections[section] = dataclasses.replace(sections[section], **{name: value})
-        else:
-            top[name] = value
-    return dataclasses.replace(cfg, **top, **sections)
-
-
-# Options shared by `run` and `batch` (one definition each, flags map one-to-one onto RunConfig fields).
-InputArg = Annotated[
-    Path, typer.Argument(metavar="INPUT", help="DICOM (file, folder, DICOMDIR, zip), NIfTI, NRRD, MHA.")
-]
-ConfigOpt = Annotated[Path | None, typer.Option(help="Run config TOML (e.g. pipelines/liver_ct.toml).")]
-ModelOpt = Annotated[str | None, typer.Option(help="Model name (see `aaclip-med weights list`).")]
-AdapterOpt = Annotated[str | None, typer.Option(help="Adapters: .safetensors or a reference checkpoint dir.")]
-BackboneOpt = Annotated[str | None, typer.Option(help="'openai', a CLIP weights file, or 'random' (untrained).")]
-PresetOpt = Annotated[
-    str | None, typer.Option(help="brain_mri, liver_ct, ct, mri, reference (default: by modality).")
-]
-ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, int8 (CPU, opt-in).")]
-BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
-SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
-ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
-ParametricMapOpt = Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")]
-FractionalSegOpt = Annotated[
-    bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
-]
-PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
-PhiOpt = Annotated[
-    bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date and input names in outputs.")
-]
-KeepNamesOpt = Annotated[
-    bool, typer.Option("--keep-names", help="Record input paths as given; name cases after their files.")
-]
-BaseDirOpt = Annotated[
-    Path | None, typer.Option(help="Record input paths relative to this folder (default: as hashes).")
-]
-NoSegOpt = Annotated[bool, typer.Option("--no-seg", help="No DICOM SEG of the mask (seg.dcm).")]
-NoReportOpt = Annotated[bool, typer.Option("--no-report", help="No report.html.")]
-OverlaysOpt = Annotated[
-    int | None, typer.Option(min=0, help="PNG overlays of the top slices (0: none; default 6).")
-]
-OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an earlier output in OUT (files you added are kept).")
-]
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
-
-
-def _check_paths(*inputs: Path | None) -> None:
-    """Refuse missing inputs before the slow imports (a typo costs < 1 s, not 10)."""
-    from aaclip_med._files import check_input_exists
-
-    for path in inputs:
-        if path is not None:
-            check_input_exists(path)
-
-
 @app.command()
-@_user_errors
+@user_errors
 def run(
     input_path: InputArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default reports/NAME).")] = None,
@@ -279,14 +172,14 @@ def run(
     """
     from aaclip_med._files import check_output_folder, default_output_dir
 
-    cfg = _scoring_config(
+    cfg = scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
     )  # fmt: skip
-    _check_paths(input_path)
+    check_paths(input_path)
     check_output_folder(out or default_output_dir(input_path), [input_path], overwrite=overwrite)
     _heavy_imports("the scoring pipeline")
     from aaclip_med.pipeline import run_study
@@ -313,7 +206,7 @@ def run(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def batch(
     source: Annotated[Path, typer.Argument(metavar="MANIFEST_OR_FOLDER", help="Manifest CSV or a data folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cohort output folder.")],
@@ -351,7 +244,7 @@ def batch(
 
     One OUT/cases/<case_id>/ per study plus cohort sheets and report. Exit code 3 when any case failed.
     """
-    cfg = _scoring_config(
+    cfg = scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
@@ -361,7 +254,7 @@ def batch(
     from aaclip_med._files import check_cohort_folder
 
     if not source.exists():
-        _fail(f"{source}: no such manifest CSV or data folder; check the path.")
+        fail(f"{source}: no such manifest CSV or data folder; check the path.")
     check_cohort_folder(out, [] if source.is_file() else [source], resume=resume, overwrite=overwrite,
                         num_parts=num_parts)  # fmt: skip
     _heavy_imports("the scoring pipeline")
@@ -376,11 +269,11 @@ def batch(
     typer.echo(f"outputs: {out}")
     if res.n_failed:
         n_cases = res.n_done + res.n_skipped + res.n_failed
-        _fail(f"{res.n_failed} of {n_cases} cases failed; see {res.files['failures']}", code=EXIT_CASES_FAILED)
+        fail(f"{res.n_failed} of {n_cases} cases failed; see {res.files['failures']}", code=EXIT_CASES_FAILED)
 
 
 @app.command("eval")
-@_user_errors
+@user_errors
 def eval_(
     predictions: Annotated[Path, typer.Argument(help="Output folder of `aaclip-med run` or `batch`.")],
     labels: Annotated[Path, typer.Option(help="A mask, a manifest CSV (case_id,mask,label) or a mask folder.")],
@@ -398,7 +291,7 @@ def eval_(
 
     Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
     """
-    _check_paths(predictions, labels)
+    check_paths(predictions, labels)
     _heavy_imports("the evaluation")
     from aaclip_med.cohort import evaluate
 
@@ -414,7 +307,7 @@ def eval_(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def train(
     data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
@@ -443,7 +336,7 @@ def train(
     """
     from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
 
-    _check_paths(data)
+    check_paths(data)
     check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
     _heavy_imports("the training code")
     from aaclip_med.training import train as train_adapters
@@ -464,7 +357,7 @@ app.add_typer(weights_app, name="weights")
 
 
 @weights_app.command("list")
-@_user_errors
+@user_errors
 def weights_list() -> None:
     """List the registered models and where their weights come from."""
     from aaclip_med.model.factory import MODEL_REGISTRY
@@ -474,7 +367,7 @@ def weights_list() -> None:
 
 
 @weights_app.command("import")
-@_user_errors
+@user_errors
 def weights_import(
     file: Annotated[Path, typer.Argument(help="A CLIP weights file (e.g. ViT-L-14-336px.pt from OpenAI).")],
 ) -> None:
@@ -489,7 +382,7 @@ def weights_import(
 
 
 @weights_app.command("verify")
-@_user_errors
+@user_errors
 def weights_verify(
     adapters: Annotated[str, typer.Argument(help="Adapter .safetensors, or a reference checkpoint folder.")],
     model: Annotated[str, typer.Option(help="Model the adapters are for.")] = "aaclip-vitl14-336",

@@ -140,12 +140,12 @@ def test_batch_with_failed_cases_exits_3(tmp_path: Path) -> None:
 
 
 def test_flags_lay_over_the_config_file(tmp_path: Path) -> None:
-    from aaclip_med.cli import _scoring_config
+    from aaclip_med.cli_options import scoring_config
 
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "liver_ct"\n[inference]\nthreshold = 3.0\n[export]\nfractional_seg = true\n')
-    cfg = _scoring_config(toml, threshold=None, fractional_seg=False, include_phi=True, precision="fp32")
+    cfg = scoring_config(toml, threshold=None, fractional_seg=False, include_phi=True, precision="fp32")
     assert cfg.preset == "liver_ct" and cfg.inference.threshold == 3.0  # flags not given keep the file's values
     assert cfg.export.fractional_seg is True  # an unset switch never turns a setting off
     assert cfg.export.include_phi is True and cfg.inference.precision == "fp32"
-    assert _scoring_config(None, preset="brain_mri", batch_size=2).inference.batch_size == 2
+    assert scoring_config(None, preset="brain_mri", batch_size=2).inference.batch_size == 2

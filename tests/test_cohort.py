@@ -218,19 +218,20 @@ def test_resume_after_sigkill(cohort: Path, tmp_path: Path, model) -> None:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list((out / "cases").glob("*/run.json")) and proc.poll() is None and time.monotonic() < deadline:
+        done = "[!.]*/run.json"  # finished case folders, not a hidden staging folder about to be renamed
+        while not list((out / "cases").glob(done)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/run.json")}
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("[!.]*/run.json")}
     assert finished, "the subprocess wrote no case before it was killed"
     assert not (out / "cases.csv").exists()
     if len(finished) < 5:  # the kill landed mid-cohort: make sure a stale partial folder is cleaned up too
         (out / "cases" / ".case_5.x1y2.partial").mkdir(exist_ok=True)
     res = run_cohort(cohort, out, config=CONFIG, model=model, resume=True, progress=False)
     assert res.n_skipped == len(finished) and res.n_done == 5 - len(finished) and res.n_failed == 1
-    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/run.json")}
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("[!.]*/run.json")}
     assert {k: after[k] for k in finished} == finished
     assert len(after) == 5 and not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]
 
