@@ -100,7 +100,10 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
         return [Case(i, _source(cases_dir, i), mask=masks[i]) for i in ids]
     if len(ids) == 1:
         return [Case(ids[0], _source(cases_dir, ids[0]), mask=src)]  # the folder is the mask (a DICOM series)
-    msg = f"No mask in {src} is named after a case id ({', '.join(ids[:3])}, ...); name them <case_id>.nii.gz."
+    msg = (
+        f"No mask in {src} is named after a case id ({', '.join(ids[:3])}, ...); name them <case_id>.nii.gz, "
+        "pass a manifest CSV, or run batch with --keep-names (it names cases by hashes otherwise)."
+    )
     raise ManifestError(msg)
 
 
