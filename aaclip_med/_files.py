@@ -10,17 +10,35 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from aaclip_med._typing import PathLike
-from aaclip_med.errors import OutputError
+from aaclip_med.errors import OutputError, UnsupportedFormatError
 
-__all__ = ["atomic_path", "check_outside_inputs", "sha256_file"]
+__all__ = [
+    "MARKER",
+    "TRAINING_OUTPUTS",
+    "atomic_path",
+    "case_name",
+    "check_cohort_folder",
+    "check_input_exists",
+    "check_output_folder",
+    "check_outside_inputs",
+    "default_output_dir",
+    "sha256_file",
+    "staged_output",
+    "written_files",
+]
 
 _CHUNK = 1 << 20
+MARKER = "run.json"  # a folder holding this file is an aaclip-med output (written last, so: a complete one)
+# what a `train` run folder holds: another non-empty folder is not written into
+TRAINING_OUTPUTS = ("adapters.safetensors", "checkpoints", "train_log.csv", "train_log.jsonl")
 
 
 @contextlib.contextmanager
@@ -80,3 +98,162 @@ def check_outside_inputs(out_dir: PathLike, inputs: Iterable[PathLike], flag: st
                 f"outputs never go inside or over the input. Choose another {flag} folder."
             )
             raise OutputError(msg)
+
+
+def check_input_exists(path: PathLike) -> None:
+    """Refuse a missing input at once (the CLI calls this before importing torch).
+
+    Raises:
+        UnsupportedFormatError: naming the path and what kinds of input are read.
+    """
+    if not Path(path).exists():
+        msg = (
+            f"Input '{path}': no such file or folder; check the path (DICOM file/folder/zip, .nii/.nii.gz, "
+            ".nrrd, .mha)."
+        )
+        raise UnsupportedFormatError(msg)
+
+
+def _writable_ancestor(out_dir: Path, flag: str) -> None:
+    out = out_dir.resolve()
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+        probe = None
+        try:  # os.access trusts mode bits: /proc and read-only mounts say yes to root, so try for real
+            fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".aaclip-med-probe.")
+            os.close(fd)
+            return
+        except OSError:
+            pass
+        finally:
+            if probe is not None:
+                Path(probe).unlink(missing_ok=True)
+    what = "is not a writable folder (read-only or a virtual file system)" if ancestor.is_dir() else "is a file"
+    msg = f"Output folder {out_dir} cannot be created: {ancestor} {what}. Choose a writable {flag} folder."
+    raise OutputError(msg)
+
+
+def check_output_folder(
+    out_dir: PathLike, inputs: Iterable[PathLike], *, overwrite: bool = False, flag: str = "-o/--out",
+    ours: Iterable[str] = (MARKER,),
+) -> None:
+    """Refuse an output folder that cannot be written, overlaps an input, or already holds something.
+
+    An empty or absent folder is fine. A folder holding an earlier aaclip-med output (one of ``ours``) is
+    replaced only with ``overwrite`` (and even then only the files aaclip-med wrote); any other non-empty folder
+    is refused.
+
+    Raises:
+        OutputError: naming the folder, the rule and the flag to change.
+    """
+    out = Path(out_dir)
+    check_outside_inputs(out, inputs, flag)
+    _writable_ancestor(out, flag)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"Output {out} is a file; choose a folder for {flag}.")
+    if not any(out.iterdir()):
+        return
+    if not any((out / name).exists() for name in ours):
+        msg = (
+            f"Output {out} exists and is not an aaclip-med output folder (no {MARKER}); refusing to write into "
+            f"it. Choose another {flag} folder or empty it."
+        )
+        raise OutputError(msg)
+    if not overwrite:
+        msg = (
+            f"Output {out} holds an earlier aaclip-med output; pass --overwrite to replace the files aaclip-med "
+            f"wrote there (files you added are kept), or choose another {flag} folder."
+        )
+        raise OutputError(msg)
+
+
+def written_files(folder: Path) -> list[str]:
+    """Relative posix paths of every file under ``folder``, sorted (run.json records them as ``outputs``)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _earlier_outputs(folder: Path) -> list[str]:
+    """The files an earlier run wrote into ``folder``: its run.json ``outputs`` list (empty when unknown)."""
+    try:
+        listed = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    safe = (p for p in listed if isinstance(p, str) and p)  # never a path outside the folder
+    return [p for p in safe if ".." not in Path(p).parts and not Path(p).is_absolute()]
+
+
+def _merge_into(tmp: Path, out_dir: Path) -> None:
+    """Move a finished staging folder's files over an earlier output, touching only files aaclip-med wrote."""
+    new = written_files(tmp)
+    stale = sorted(set(_earlier_outputs(out_dir)) - set(new))
+    (out_dir / MARKER).unlink(missing_ok=True)  # first: until the new run.json lands, the folder is incomplete
+    for rel in stale:
+        path = out_dir / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            if path.parent != out_dir and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # an emptied folder of ours (overlays/)
+    for rel in sorted(new, key=lambda r: r == MARKER):  # run.json last
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, target)
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success its files land in ``out_dir``, on failure it is deleted.
+
+    A new ``out_dir`` is the renamed staging folder, so it appears complete or not at all. Over an earlier
+    aaclip-med output (callers first check :func:`check_output_folder` with ``overwrite``), the new files replace
+    the old ones and the earlier run's other files (listed in its run.json ``outputs``) are deleted; files that
+    aaclip-med did not write are never touched.
+
+    Raises:
+        OutputError: The parent folder cannot be created or written.
+    """
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+    except OSError as err:
+        msg = f"Cannot write into {parent} ({err.strerror}); choose a writable -o/--out folder."
+        raise OutputError(msg) from err
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            _merge_into(tmp, out_dir)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def case_name(path: PathLike) -> str:
+    """The case name of an input: its file name without image extensions, or the folder name."""
+    p = Path(path)
+    name = p.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or p.name
+    return name
+
+
+def default_output_dir(input_path: PathLike) -> Path:
+    """``reports/<input name>/`` relative to the working folder (DESIGN §0)."""
+    return Path("reports") / case_name(input_path)
+
+
+def check_cohort_folder(
+    out_dir: PathLike, inputs: Iterable[PathLike], *, resume: bool, overwrite: bool, num_parts: int
+) -> None:
+    """:func:`check_output_folder` for ``batch``: a finished cohort (run.json) only with --continue or --overwrite.
+
+    Parts (``num_parts > 1``) share one folder and write no run.json, so a folder with ``cases/`` or ``parts/``
+    is taken up again without a flag.
+    """
+    finished = (Path(out_dir) / MARKER).exists()
+    check_output_folder(out_dir, inputs, overwrite=resume or overwrite or num_parts > 1 or not finished,
+                        ours=(MARKER, "cases", "parts"))  # fmt: skip

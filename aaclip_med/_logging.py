@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
+
+_WARNING_TEXT = re.compile(r"^.*?:\d+: (\w+): (.*?)\n", re.DOTALL)
+
+
+class _OneFormat(logging.Filter):
+    """Captured ``warnings`` read like log records ``WARNING UserWarning: text``, not ``file:line: ...`` + code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings":
+            match = _WARNING_TEXT.match(record.getMessage())
+            if match:
+                record.name, record.msg, record.args = match.group(1), match.group(2), None
+        return True
 
 
 def configure_logging(verbosity: int = 0) -> None:
@@ -14,6 +28,7 @@ def configure_logging(verbosity: int = 0) -> None:
     level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OneFormat())
     logging.captureWarnings(True)
     for name in ("aaclip_med", "py.warnings"):
         logger = logging.getLogger(name)

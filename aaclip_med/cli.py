@@ -1,30 +1,56 @@
 """The ``aaclip-med`` command line (typer). Thin: parse flags, call the library, map errors to exit codes.
 
-Heavy packages (torch, open_clip, MONAI) are imported inside the commands, so ``aaclip-med --help`` stays fast.
-Errors the user can fix (:class:`~aaclip_med.errors.AACLIPMedError`) print one red line and exit with code 2;
-anything else is a bug and shows a traceback (exit 1); Ctrl-C exits with 130.
+Heavy packages (torch, open_clip, MONAI) are imported inside the commands, after the arguments and paths are
+checked, so ``--help`` and refusals stay fast. Exit codes: 0 done; 2 an error the user can fix
+(:class:`~aaclip_med.errors.AACLIPMedError`: one red line); 3 ``batch`` finished but some cases failed (see
+failures.csv); 1 a bug (traceback); 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 import typer.core
 from typer.core import TyperGroup
 
 from aaclip_med._logging import configure_logging
-from aaclip_med.errors import AACLIPMedError
-
-if TYPE_CHECKING:
-    from aaclip_med.config import RunConfig
-
-F = TypeVar("F", bound=Callable[..., Any])
+from aaclip_med.cli_options import (
+    EXIT_CASES_FAILED,
+    AdapterOpt,
+    BackboneOpt,
+    BaseDirOpt,
+    BatchOpt,
+    ComponentOpt,
+    ConfigOpt,
+    DeviceOpt,
+    FractionalSegOpt,
+    InputArg,
+    KeepNamesOpt,
+    ModelOpt,
+    NoProgressOpt,
+    NoReportOpt,
+    NoSegOpt,
+    OverlaysOpt,
+    OverwriteOpt,
+    ParametricMapOpt,
+    PhiOpt,
+    PickleOpt,
+    PrecisionOpt,
+    PresetOpt,
+    QuietOpt,
+    RegionOpt,
+    SizeOpt,
+    ThresholdOpt,
+    VerboseOpt,
+    check_paths,
+    fail,
+    scoring_config,
+    user_errors,
+)
 
 # recent typer vendors click as typer._click; older releases use click itself
 _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
@@ -55,36 +81,35 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+def _version(value: bool) -> None:
+    if value:
+        from aaclip_med import __version__
 
-
-def _user_errors(func: F) -> F:
-    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AACLIPMedError as err:
-            _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-        except KeyboardInterrupt:
-            _fail("interrupted; no partial outputs were left behind", code=130)
-
-    return wrapper  # type: ignore[return-value]
+        typer.echo(f"aaclip-med {__version__}")
+        raise typer.Exit
 
 
 @app.callback()
 def _main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     configure_logging(-1 if quiet else verbose)
 
 
+def _heavy_imports(what: str) -> None:
+    """Say what the next seconds of silence are: importing torch/open_clip/MONAI (several seconds cold)."""
+    import logging
+
+    if not {"torch", "monai"} <= set(sys.modules):
+        logging.getLogger("aaclip_med").info("loading %s (torch, MONAI) ...", what)
+
+
 @app.command()
-@_user_errors
+@user_errors
 def info(
     path: Annotated[Path, typer.Argument(help="DICOM file/folder/DICOMDIR/zip, NIfTI, NRRD or MHA.")],
     series: Annotated[str | None, typer.Option(help="Series UID, number or description.")] = None,
@@ -95,6 +120,7 @@ def info(
 
     Shape, spacing, orientation, modality, series and value range.
     """
+    check_paths(path)
     from aaclip_med.io import describe_volume, read_volume
 
     desc = describe_volume(read_volume(path, series=series, volume_index=volume_index))
@@ -108,72 +134,8 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
-# Flags `run` and `batch` share, and the RunConfig field each one sets; switches only ever turn a setting on.
-_SCORING_KEYS = {
-    "preset": "preset", "model": "inference.model", "adapter_weights": "inference.adapter_weights",
-    "backbone_weights": "inference.backbone_weights", "threshold": "inference.threshold",
-    "device": "inference.device", "precision": "inference.precision", "batch_size": "inference.batch_size",
-    "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
-    "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
-    "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
-    "include_phi": "export.include_phi", "score_region": "inference.score_region",
-}  # fmt: skip
-_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
-
-
-def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
-    """The RunConfig of `run` and `batch`: ``--config`` (or defaults) with the scoring flags given laid over it."""
-    import dataclasses
-
-    from aaclip_med.config import RunConfig, load_run_config
-
-    cfg = load_run_config(config) if config is not None else RunConfig()
-    sections: dict[str, Any] = {"inference": cfg.inference, "export": cfg.export}
-    top: dict[str, Any] = {}
-    for flag, value in flags.items():
-        if flag in _SWITCHES:
-            value = True if value else None
-        if value is None:  # not given: the config's value stays
-            continue
-        section, _, name = _SCORING_KEYS[flag].rpartition(".")
-        if section:
-            sections[section] = dataclasses.replace(sections[section], **{name: value})
-        else:
-            top[name] = value
-    return dataclasses.replace(cfg, **top, **sections)
-
-
-# Options shared by `run` and `batch` (one definition each, flags map one-to-one onto RunConfig fields).
-InputArg = Annotated[
-    Path, typer.Argument(metavar="INPUT", help="DICOM (file, folder, DICOMDIR, zip), NIfTI, NRRD, MHA.")
-]
-ConfigOpt = Annotated[Path | None, typer.Option(help="Run config TOML (e.g. pipelines/liver_ct.toml).")]
-ModelOpt = Annotated[str | None, typer.Option(help="Model name (see `aaclip-med weights list`).")]
-AdapterOpt = Annotated[str | None, typer.Option(help="Adapters: .safetensors or a reference checkpoint dir.")]
-BackboneOpt = Annotated[str | None, typer.Option(help="'openai', a CLIP weights file, or 'random' (untrained).")]
-PresetOpt = Annotated[
-    str | None, typer.Option(help="brain_mri, liver_ct, ct, mri, reference (default: by modality).")
-]
-ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, int8 (CPU, opt-in).")]
-BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
-SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
-ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
-ParametricMapOpt = Annotated[bool, typer.Option("--parametric-map", help="Also a DICOM Parametric Map.")]
-FractionalSegOpt = Annotated[
-    bool, typer.Option("--fractional-seg", help="Also a FRACTIONAL DICOM SEG of the heatmap (probability).")
-]
-PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full-pickle .pth weights (can run code).")]
-PhiOpt = Annotated[bool, typer.Option("--include-phi", help="Keep patient name/ID/birth date in outputs.")]
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
-RegionOpt = Annotated[
-    str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
-]
-
-
 @app.command()
-@_user_errors
+@user_errors
 def run(
     input_path: InputArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default reports/NAME).")] = None,
@@ -190,8 +152,17 @@ def run(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
+    no_seg: NoSegOpt = False,
     parametric_map: ParametricMapOpt = False,
     fractional_seg: FractionalSegOpt = False,
+    overlays: OverlaysOpt = None,
+    no_report: NoReportOpt = False,
+    overwrite: OverwriteOpt = False,
+    case_id: Annotated[
+        str | None, typer.Option(help="Name of the case in sheets and report (default: a hash of the path).")
+    ] = None,
+    keep_names: KeepNamesOpt = False,
+    base_dir: BaseDirOpt = None,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
@@ -201,16 +172,23 @@ def run(
 
     Slice by slice; also overlays, slices.csv, qa.json and run.json.
     """
-    from aaclip_med.pipeline import run_study
+    from aaclip_med._files import check_output_folder, default_output_dir
 
-    cfg = _scoring_config(
+    cfg = scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
+        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region,
     )  # fmt: skip
-    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
+    check_paths(input_path)
+    check_output_folder(out or default_output_dir(input_path), [input_path], overwrite=overwrite)
+    _heavy_imports("the scoring pipeline")
+    from aaclip_med.pipeline import run_study
+
+    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index, case_id=case_id,
+                        overwrite=overwrite)  # fmt: skip
     res = outputs.result
     if res.untrained_backbone:
         typer.secho(
@@ -222,13 +200,16 @@ def run(
         f"volume score {res.score:.4g} (threshold {res.threshold:.4g}); "
         f"{int(res.flagged.sum())}/{int(res.scored.sum())} scored slices flagged"
     )
+    n_warnings = len(res.qa.get("warnings", []))
+    if n_warnings:
+        typer.secho(f"{n_warnings} QA warning(s): see qa.json and the report", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"outputs: {outputs.out_dir}")
     if "report" in outputs.files:
         typer.echo(f"report:  {outputs.files['report']}")
 
 
 @app.command()
-@_user_errors
+@user_errors
 def batch(
     source: Annotated[Path, typer.Argument(metavar="MANIFEST_OR_FOLDER", help="Manifest CSV or a data folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cohort output folder.")],
@@ -243,13 +224,21 @@ def batch(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
+    no_seg: NoSegOpt = False,
     parametric_map: ParametricMapOpt = False,
     fractional_seg: FractionalSegOpt = False,
+    overlays: OverlaysOpt = None,
+    no_report: NoReportOpt = False,
     resume: Annotated[bool, typer.Option("--continue", help="Skip finished cases (with run.json).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute a finished cohort in OUT (files you added are kept).")
+    ] = False,
     num_parts: Annotated[int, typer.Option(min=1, help="Split the cohort into N parts (sorted ids, i % N).")] = 1,
     part_id: Annotated[int, typer.Option(min=0, help="The part this call computes (0-based).")] = 0,
     workers: Annotated[int, typer.Option(min=0, help="Dask LocalCluster worker processes (0: in-process).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler tcp://HOST:PORT.")] = None,
+    keep_names: KeepNamesOpt = False,
+    base_dir: BaseDirOpt = None,
     trust_pickle: PickleOpt = False,
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
@@ -257,45 +246,62 @@ def batch(
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
 
-    One OUT/cases/<case_id>/ per study plus cohort sheets and report.
+    One OUT/cases/<case_id>/ per study plus cohort sheets and report. Exit code 3 when any case failed.
     """
-    from aaclip_med.cohort import run_cohort
-
-    cfg = _scoring_config(
+    cfg = scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
+        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region,
     )  # fmt: skip
+    from aaclip_med._files import check_cohort_folder
+
+    if not source.exists():
+        fail(f"{source}: no such manifest CSV or data folder; check the path.")
+    check_cohort_folder(out, [] if source.is_file() else [source], resume=resume, overwrite=overwrite,
+                        num_parts=num_parts)  # fmt: skip
+    _heavy_imports("the scoring pipeline")
+    from aaclip_med.cohort import run_cohort
+
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
-                     workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
+                     workers=workers, scheduler=scheduler, progress=not no_progress,
+                     overwrite=overwrite)  # fmt: skip
     typer.echo(f"{res.n_done} cases scored, {res.n_skipped} already finished, {res.n_failed} failed")
-    if res.n_failed and not res.n_done + res.n_skipped:
-        _fail(f"all {res.n_failed} cases failed; see {res.files['failures']} for each one's error")
-    if res.n_failed:
-        typer.secho(f"failures: {res.files['failures']}", fg=typer.colors.YELLOW, err=True)
     if num_parts > 1:
         typer.echo(f"part {part_id} of {num_parts} done; assemble: a final `batch --continue` (no --num-parts)")
     typer.echo(f"outputs: {out}")
+    if res.n_failed:
+        n_cases = res.n_done + res.n_skipped + res.n_failed
+        fail(f"{res.n_failed} of {n_cases} cases failed; see {res.files['failures']}", code=EXIT_CASES_FAILED)
 
 
 @app.command("eval")
-@_user_errors
+@user_errors
 def eval_(
     predictions: Annotated[Path, typer.Argument(help="Output folder of `aaclip-med run` or `batch`.")],
     labels: Annotated[Path, typer.Option(help="A mask, a manifest CSV (case_id,mask,label) or a mask folder.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation)")] = None,
     normalisation: Annotated[str, typer.Option(help="none (raw units), set (reference code) or volume.")] = "none",
+    labels_threshold: Annotated[
+        float | None, typer.Option(help="Binarise non-integer label maps at this value (else they are refused).")
+    ] = None,
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Also write evaluation.xlsx.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier evaluation in OUT (files you added are kept).")
+    ] = False,
 ) -> None:
     """Evaluate predictions against reference masks.
 
     Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
     """
+    check_paths(predictions, labels)
+    _heavy_imports("the evaluation")
     from aaclip_med.cohort import evaluate
 
-    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
+    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx,
+                   labels_threshold=labels_threshold, overwrite=overwrite)  # fmt: skip
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
                            if isinstance(row.get(k), float) and row[k] == row[k])  # fmt: skip
@@ -308,7 +314,7 @@ def eval_(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def train(
     data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
@@ -317,10 +323,10 @@ def train(
     image_size: SizeOpt = None,
     text_epochs: Annotated[int, typer.Option(min=0, help="Stage 1 epochs (text adapter).")] = 5,
     image_epochs: Annotated[int, typer.Option(min=0, help="Stage 2 epochs (image adapter).")] = 20,
-    text_batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    image_batch_size: Annotated[int, typer.Option(min=1)] = 2,
-    text_lr: Annotated[float, typer.Option(min=0)] = 1e-5,
-    image_lr: Annotated[float, typer.Option(min=0)] = 5e-4,
+    text_batch_size: Annotated[int, typer.Option(min=1, help="Stage 1 slices per step.")] = 16,
+    image_batch_size: Annotated[int, typer.Option(min=1, help="Stage 2 slices per step.")] = 2,
+    text_lr: Annotated[float, typer.Option(min=0, help="Stage 1 learning rate.")] = 1e-5,
+    image_lr: Annotated[float, typer.Option(min=0, help="Stage 2 learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seeds data order, augmentation and a random backbone.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
@@ -335,6 +341,11 @@ def train(
 
     Images or volumes; writes OUT/adapters.safetensors.
     """
+    from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
+
+    check_paths(data)
+    check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
+    _heavy_imports("the training code")
     from aaclip_med.training import train as train_adapters
 
     path = train_adapters(
@@ -353,7 +364,7 @@ app.add_typer(weights_app, name="weights")
 
 
 @weights_app.command("list")
-@_user_errors
+@user_errors
 def weights_list() -> None:
     """List the registered models and where their weights come from."""
     from aaclip_med.model.factory import MODEL_REGISTRY
@@ -363,7 +374,7 @@ def weights_list() -> None:
 
 
 @weights_app.command("import")
-@_user_errors
+@user_errors
 def weights_import(
     file: Annotated[Path, typer.Argument(help="A CLIP weights file (e.g. ViT-L-14-336px.pt from OpenAI).")],
     model: Annotated[str, typer.Option(help="Model whose backbone the file is for.")] = "aaclip-vitl14-336",
@@ -385,7 +396,7 @@ def weights_import(
 
 
 @weights_app.command("verify")
-@_user_errors
+@user_errors
 def weights_verify(
     adapters: Annotated[str, typer.Argument(help="Adapter .safetensors, or a reference checkpoint folder.")],
     model: Annotated[str, typer.Option(help="Model the adapters are for.")] = "aaclip-vitl14-336",

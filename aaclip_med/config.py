@@ -240,7 +240,9 @@ class ExportConfig:
     fractional_seg: bool = False  # the heatmap as a FRACTIONAL (probability) DICOM SEG, for DICOM inputs
     overlays: int = 6  # PNG overlays of the top-scoring slices (0: none)
     html: bool = True
-    include_phi: bool = False  # never copy patient name/ID/birth date into outputs unless asked
+    include_phi: bool = False  # never copy patient name/ID/birth date (nor input names) into outputs unless asked
+    keep_names: bool = False  # record input paths as given and name cases after their files (aaclip_med.privacy)
+    base_dir: str | None = None  # record input paths relative to this folder (aaclip_med.privacy)
 
 
 @dataclass(frozen=True, slots=True)

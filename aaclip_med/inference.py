@@ -199,6 +199,9 @@ def _pick_threshold(cfg: InferenceConfig, model: SliceScorer, preset: str) -> tu
     """The user's threshold, else the checkpoint's when calibrated for this preset, else the default."""
     if cfg.threshold is not None:
         return float(cfg.threshold), "flag"
+    per_preset = getattr(model, "preset_thresholds", None) or {}  # calibrated for each of several presets
+    if preset in per_preset:
+        return float(per_preset[preset]), "checkpoint"
     if model.threshold is not None:
         if not model.threshold_presets or preset in model.threshold_presets:
             return float(model.threshold), "checkpoint"

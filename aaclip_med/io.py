@@ -8,6 +8,7 @@ Inputs are never modified.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -49,18 +50,82 @@ def guess_modality(data: Array) -> str:
     return "MR"
 
 
-def _nifti_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
+def _check_memory(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a header whose image could never fit in memory (a corrupt dim field), before allocating it."""
+    need = 4 * int(np.prod([max(int(n), 1) for n in shape[:4]], dtype=np.float64))  # read as float32
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if total and need > total:
+        dims = "x".join(str(int(n)) for n in shape)
+        msg = (
+            f"'{path}' declares a {dims} image ({need / 2**30:,.0f} GiB as float32), more than this machine's "
+            f"{total / 2**30:,.0f} GiB of memory; check its header (dim field) or crop the image."
+        )
+        raise UnsupportedFormatError(msg)
+
+
+def _nifti_geometry(path: Path, img: SpatialImage) -> tuple[Affine, list[str]]:
+    """The affine, with zero voxel sizes replaced by 1 mm, and warnings about missing geometry."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    warns: list[str] = []
+    header: Any = img.header
+    if "sform_code" not in header:  # NIfTI only
+        return affine, warns
+    codes = (int(header["sform_code"]), int(header["qform_code"]))
+    zero = [axis for axis in range(3) if not np.linalg.norm(affine[:3, axis]) > 0]
+    raw = _raw_pixdim(path)  # nibabel silently turns pixdim 0 into 1 on load; the file's own value counts
+    if codes == (0, 0) and raw is not None:
+        zero += [axis for axis in range(3) if not raw[axis] > 0 and axis not in zero]
+    for axis in zero:
+        norm = np.linalg.norm(affine[:3, axis])
+        affine[:3, axis] = affine[:3, axis] / norm if norm > 0 else np.eye(3)[axis]
+    if zero:
+        warns.append(
+            f"{path}: voxel size is 0 along axis {', '.join(str(a) for a in sorted(zero))} (pixdim); "
+            "1 mm assumed, "
+            "so sizes in mm (spacing, --min-component-mm3) may be wrong. Fix the header."
+        )
+    if codes == (0, 0):
+        warns.append(
+            f"{path}: no orientation (sform and qform codes are 0); axes assumed to run along the scanner "
+            "axes, so "
+            "left/right and the display orientation may be wrong. Fix the header."
+        )
+    return affine, warns
+
+
+def _raw_pixdim(path: Path) -> Array | None:
+    """pixdim[1:4] as stored in a NIfTI header (before nibabel's fix-ups), or None when unreadable."""
     try:
-        img = nib.load(str(path))
+        with nib.openers.ImageOpener(str(path)) as fh:
+            return np.asarray(nib.Nifti1Header.from_fileobj(fh, check=False)["pixdim"][1:4], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - NIfTI-2 or odd files: fall back to the loaded affine
+        return None
+
+
+def _nifti_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
+    try:
+        nib_log = logging.getLogger("nibabel.global")  # its "pixdim should be non-zero" note: our warning says it
+        level, nib_log.level = nib_log.level, logging.ERROR
+        try:
+            img = nib.load(str(path))
+        finally:
+            nib_log.setLevel(level)
         if not isinstance(img, SpatialImage):
             msg = f"'{path}' is not a NIfTI image"
             raise TypeError(msg)
+        _check_memory(path, img.shape)
         data = np.asanyarray(img.dataobj)
+    except UnsupportedFormatError:
+        raise
+    except MemoryError as err:
+        dims = "x".join(str(n) for n in getattr(img, "shape", ()))
+        msg = f"'{path}' ({dims} voxels) does not fit in the free memory; close other programs or crop the image."
+        raise UnsupportedFormatError(msg) from err
     except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors on corrupt files
         msg = f"'{path}' is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or re-download it."
         raise UnsupportedFormatError(msg.replace("\n", " ")) from err
-    affine = np.asarray(img.affine, dtype=np.float64)
-    return _select_volume(data, path, volume_index), affine
+    affine, warns = _nifti_geometry(path, img)
+    return _select_volume(data, path, volume_index), affine, warns
 
 
 def _select_volume(data: Array, path: Path, volume_index: int | None) -> Array:
@@ -85,7 +150,7 @@ def _select_volume(data: Array, path: Path, volume_index: int | None) -> Array:
     raise GeometryError(msg)
 
 
-def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
+def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
     import SimpleITK as sitk
 
     try:
@@ -103,7 +168,7 @@ def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine]:
     n = min(dim, 3)
     lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])
     lps[:n, 3] = img.GetOrigin()[:n]
-    return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps
+    return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps, []
 
 
 def _read_dicom(path: Path, series: str | int | None) -> tuple[Volume, list[str]]:
@@ -173,10 +238,12 @@ def read_volume(
             )
             raise ConfigError(msg)
         reader = _nifti_data if suffix in _NIFTI_SUFFIXES else _sitk_data
-        raw, affine = reader(path, volume_index)
+        raw, affine, warns = reader(path, volume_index)
         fmt = "nifti" if suffix in _NIFTI_SUFFIXES else "sitk"
         vol = Volume(raw, affine, None, str(path), {"format": fmt, "source_dtype": str(raw.dtype)})
-        warns: list[str] = []
+    elif suffix == ".zip" and not zipfile.is_zipfile(path):
+        msg = f"'{path}' is not a readable zip archive (no zip directory: truncated or not a zip); re-create it."
+        raise UnsupportedFormatError(msg)
     elif path.is_dir() or suffix in _DICOM_SUFFIXES or zipfile.is_zipfile(path) or _is_dicom_magic(path):
         if volume_index not in (None, 0):
             msg = (
@@ -218,15 +285,19 @@ def _finalise(vol: Volume, modality: str | None, warns: list[str]) -> Volume:
     return Volume(data, vol.affine, final_modality, vol.source, meta, vol.source_files, vol.phi)
 
 
-def write_nifti(array: Array, path: PathLike, like: Volume) -> Path:
+def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = False) -> Path:
     """Write a map or mask on ``like``'s exact grid (qform and sform set to its affine, code 1), atomically.
 
-    Bool and integer arrays are written as uint8 masks, floating arrays as float32 maps.
+    Bool and integer arrays are written as uint8 masks, floating arrays as float32 maps, or with ``compact`` as
+    int16 with a ``scl_slope`` (no intercept, so 0 stays exactly 0): ``value = stored * slope`` where
+    ``slope = max|array| / 32767``, an error of at most ``slope / 2`` (1/65534 of the largest magnitude) per voxel,
+    for half the bytes and a much better gzip ratio. Every NIfTI reader applies the slope.
 
     Args:
         array: Array of ``like.shape``.
         path: Output ``.nii`` or ``.nii.gz`` path; its folder is created.
         like: The volume the array belongs to.
+        compact: Store a floating map as scaled int16 instead of float32.
 
     Returns:
         The written path.
@@ -250,7 +321,12 @@ def write_nifti(array: Array, path: PathLike, like: Volume) -> Path:
         arr = arr.astype(np.uint8)
     else:
         arr, _ = replace_nan(arr, str(path))
+    slope = float(np.abs(arr).max()) / 32767.0 if compact and arr.dtype != np.uint8 else 0.0
+    if slope > 0:
+        arr = np.clip(np.round(arr / np.float32(slope)), -32767, 32767).astype(np.int16)
     img = nib.Nifti1Image(arr, like.affine)
+    if slope > 0:
+        img.header.set_slope_inter(slope, 0.0)
     img.set_qform(like.affine, code=1)
     img.set_sform(like.affine, code=1)
     img.header.set_xyzt_units("mm")

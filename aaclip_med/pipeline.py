@@ -9,27 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aaclip_med._files import check_outside_inputs
+from aaclip_med._files import (
+    MARKER,
+    case_name,
+    check_input_exists,
+    check_output_folder,
+    default_output_dir,
+    staged_output,
+    written_files,
+)
 from aaclip_med._typing import PathLike
-from aaclip_med.case_folder import MARKER, case_name, staged_output
-from aaclip_med.config import RunConfig
-from aaclip_med.errors import OutputError, UnsupportedFormatError
+from aaclip_med.checks import result_warnings, volume_warnings
+from aaclip_med.config import ExportConfig, RunConfig
+from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
 from aaclip_med.inference import VolumeResult, resolve_preset, score_volume
+from aaclip_med.privacy import Naming
 from aaclip_med.volume import Volume
 
 if TYPE_CHECKING:
     from aaclip_med.model.aaclip import AACLIP
 
-__all__ = ["RunOutputs", "default_output_dir", "load_model", "run_study", "staged_output"]
+__all__ = ["MARKER", "RunOutputs", "default_output_dir", "load_model", "naming", "run_study", "staged_output"]
 
 logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class RunOutputs:
@@ -41,27 +48,26 @@ class RunOutputs:
     files: dict[str, Path]
 
 
-def default_output_dir(input_path: PathLike) -> Path:
-    """``reports/<input name>/`` relative to the working folder (DESIGN §0)."""
-    return Path("reports") / case_name(input_path)
+def naming(export: ExportConfig) -> Naming:
+    """The naming rule of a run's export settings (:mod:`aaclip_med.privacy`)."""
+    return Naming(keep_names=export.include_phi or export.keep_names, base_dir=export.base_dir)
 
 
-def _check_output(input_path: Path, out_dir: Path) -> None:
-    check_outside_inputs(out_dir, [input_path])
-    out = out_dir.resolve()
-    ancestor = next(p for p in (out, *out.parents) if p.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        msg = (
-            f"Output folder {out_dir} cannot be created: {ancestor} is not a writable folder. "
-            "Choose a writable -o/--out folder."
-        )
-        raise OutputError(msg)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        msg = (
-            f"Output {out_dir} exists and is not an aaclip-med output folder (no {MARKER}); refusing to replace "
-            "it. Choose another -o/--out folder or remove it."
-        )
-        raise OutputError(msg)
+def _dicom_blocker(volume: Volume, cfg: RunConfig) -> str | None:
+    """Why the DICOM outputs asked for cannot be made (checked on the headers, before scoring), or ``None``."""
+    exp = cfg.export
+    if volume.meta.get("format") != "dicom":
+        if exp.parametric_map or exp.fractional_seg:
+            return "input is not DICOM: no Parametric Map or FRACTIONAL SEG (they reference DICOM images)"
+        return None
+    if not (exp.dicom_seg or exp.parametric_map or exp.fractional_seg):
+        return None
+    from aaclip_med.dicom_export import export_blocker
+
+    why = export_blocker(volume.source_files)
+    if why is None:
+        return None
+    return f"no DICOM SEG/Parametric Map written (the NIfTI mask and heatmap hold the result): {why}"
 
 
 def _check_names(config: RunConfig, model: AACLIP | None) -> None:
@@ -102,6 +108,7 @@ def run_study(
     series: str | None = None,
     case_id: str | None = None,
     volume_index: int | None = None,
+    overwrite: bool = False,
 ) -> RunOutputs:
     """Score one study and write the run folder (layout: reports/README.md).
 
@@ -111,11 +118,17 @@ def run_study(
         config: Preset, model, inference and export settings; defaults when ``None``.
         model: An already built model (cohorts build it once); else built from ``config``.
         series: DICOM series selector (UID, number or description).
-        case_id: Name used in sheets and the report; default the input's name.
+        case_id: Name used in sheets and the report; default a hash of the input path, or the input's name when
+            ``config.export`` keeps names (:mod:`aaclip_med.privacy`).
         volume_index: Volume of a 4D NIfTI to score.
+        overwrite: Replace an earlier aaclip-med output in ``out_dir`` (only the files aaclip-med wrote there);
+            without it such a folder is refused.
 
     Returns:
         The output folder, the result and the written files.
+
+    DICOM outputs that cannot be made (e.g. a series without FrameOfReferenceUID) are checked before scoring;
+    everything else is still written and the reason is a warning in ``qa.json`` and the log.
 
     Raises:
         AACLIPMedError: Bad input, model, weights or output folder; nothing is written then.
@@ -127,18 +140,22 @@ def run_study(
 
     cfg = config or RunConfig()
     src = Path(input_path)
-    if not src.exists():
-        msg = f"{src}: no such file or folder. Check the path."
-        raise UnsupportedFormatError(msg)
+    check_input_exists(src)
     out = Path(out_dir) if out_dir is not None else default_output_dir(src)
-    _check_output(src, out)
+    check_output_folder(out, [src], overwrite=overwrite)
     _check_names(cfg, model)
+    names = naming(cfg.export)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    logger.info("reading %s", src)
     volume = read_volume(src, series=series, volume_index=volume_index)
     timings["read_s"] = time.perf_counter() - t0
     preset = resolve_preset(cfg.preset, volume)
     cfg = dataclasses.replace(cfg, preset=preset.name)
+    blocker = _dicom_blocker(volume, cfg)
+    warns = [*volume_warnings(volume), *([blocker] if blocker else [])]
+    for text in warns:
+        logger.warning("%s", text)
     if model is None:
         t0 = time.perf_counter()
         model = load_model(cfg)
@@ -146,9 +163,15 @@ def run_study(
     t0 = time.perf_counter()
     result = score_volume(model, volume, preset, config=cfg.inference)
     timings["score_s"] = time.perf_counter() - t0
+    late = result_warnings(int(result.scored.sum()), volume.n_slices, result.preset)
+    for text in late:
+        logger.warning("%s", text)
+    result.qa["warnings"] = [*result.qa.get("warnings", []), *warns, *late]
+    logger.info("writing %s", out)
     with staged_output(out) as tmp:
         t0 = time.perf_counter()
-        files = _export(tmp, volume, result, cfg, model, case_id or case_name(src), timings)
+        the_id = case_id or names.case_id(names.path(src), case_name(src))
+        files = _export(tmp, volume, result, cfg, model, the_id, timings, dicom=blocker is None, names=names)
         timings["export_s"] = time.perf_counter() - t0
     logger.info("wrote %s (volume score %.4g, %d slices flagged)", out, result.score, int(result.flagged.sum()))
     return RunOutputs(out_dir=out, result=result, volume=volume, files={k: out / v for k, v in files.items()})
@@ -162,19 +185,19 @@ def _export(
     model: AACLIP,
     case_id: str,
     timings: dict[str, float],
+    *,
+    dicom: bool,
+    names: Naming,
 ) -> dict[str, str]:
     from aaclip_med import report
     from aaclip_med.io import write_nifti
 
     exp = cfg.export
     files = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz"}
-    write_nifti(result.heatmap, tmp / files["heatmap"], like=volume)
+    write_nifti(result.heatmap, tmp / files["heatmap"], like=volume, compact=True)
     write_nifti(result.mask, tmp / files["mask"], like=volume)
-    if volume.meta.get("format") == "dicom":
-        if exp.dicom_seg or exp.parametric_map or exp.fractional_seg:
-            files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
-    elif exp.parametric_map or exp.fractional_seg:
-        logger.warning("input is not DICOM: no Parametric Map or FRACTIONAL SEG (they reference DICOM images)")
+    if dicom and volume.meta.get("format") == "dicom":
+        files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
     positions = [
         report.slice_position_mm(volume.affine, volume.shape, result.slice_axis, k)[0]
         for k in range(volume.n_slices)
@@ -194,6 +217,7 @@ def _export(
     if exp.overlays:
         overlays = report.write_volume_overlays(volume, result, tmp / "overlays", n=exp.overlays)
     files["qa"] = "qa.json"
+    result.qa["warnings"] = [names.scrub(w, [volume.source]) for w in result.qa.get("warnings", [])]
     report.write_json(result.qa, tmp / files["qa"])
     extra = {
         "case_id": case_id,
@@ -207,7 +231,7 @@ def _export(
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
-    prov = report.provenance(cfg, model.metadata(), [volume.source], timings, extra=extra)
+    prov = report.provenance(cfg, model.metadata(), [volume.source], timings, extra=extra, name_input=names.path)
     if exp.html:
         files["report"] = "report.html"
         report.write_case_html(
@@ -225,6 +249,7 @@ def _export(
             flagged=result.flagged,
         )
     files["run"] = MARKER
+    prov["outputs"] = [*written_files(tmp), MARKER]  # what --overwrite may replace later
     report.write_json(prov, tmp / MARKER)  # last: its presence marks a complete folder
     return files
 
@@ -237,29 +262,25 @@ def _dicom_outputs(
     from aaclip_med.io import load_source_datasets
 
     sources = load_source_datasets(volume)
+    phi = cfg.export.include_phi
+    writers = {
+        "seg": ("seg.dcm", cfg.export.dicom_seg, lambda path: write_dicom_seg(
+            result.mask, sources, path, algorithm_version=__version__, include_phi=phi)),
+        "parametric_map": ("heatmap_pm.dcm", cfg.export.parametric_map, lambda path: write_parametric_map(
+            result.heatmap, sources, path, include_phi=phi)),
+        "fractional_seg": ("heatmap_seg.dcm", cfg.export.fractional_seg, lambda path: write_fractional_seg(
+            result.heatmap, sources, path, n_levels=n_levels, algorithm_version=__version__, include_phi=phi)),
+    }  # fmt: skip
     out: dict[str, str] = {}
-    if cfg.export.dicom_seg:
-        out["seg"] = "seg.dcm"
-        write_dicom_seg(
-            result.mask,
-            sources,
-            tmp / out["seg"],
-            algorithm_version=__version__,
-            include_phi=cfg.export.include_phi,
-        )
-    if cfg.export.parametric_map:
-        out["parametric_map"] = "heatmap_pm.dcm"
-        write_parametric_map(
-            result.heatmap, sources, tmp / out["parametric_map"], include_phi=cfg.export.include_phi
-        )
-    if cfg.export.fractional_seg:
-        out["fractional_seg"] = "heatmap_seg.dcm"
-        write_fractional_seg(
-            result.heatmap,
-            sources,
-            tmp / out["fractional_seg"],
-            n_levels=n_levels,
-            algorithm_version=__version__,
-            include_phi=cfg.export.include_phi,
-        )
+    for key, (name, wanted, write) in writers.items():
+        if not wanted:
+            continue
+        try:
+            write(tmp / name)
+        except (OutputError, UnsupportedFormatError, GeometryError) as err:  # keep the other outputs
+            text = f"no {name} written: {str(err).splitlines()[0]}"
+            logger.warning("%s", text)
+            result.qa.setdefault("warnings", []).append(text.replace(str(tmp / name), name))
+            continue
+        out[key] = name
     return out

@@ -9,7 +9,8 @@ project): the TCGA-LGG FLAIR of subject TCGA-DU-7294, brain-extracted (The Cance
 and its fused tumour mask ``fusion/mav.nii.gz`` (BraTS-Toolkit/BrainLes algorithm outputs, Apache-2.0). Every
 axial slice with brain is a training sample; a slice is anomalous when the mask has a voxel > 0. There is one
 case, so no validation split: the last epoch is kept and the threshold is calibrated on the training slices
-(recorded as ``threshold_source`` in the checkpoint metadata).
+(recorded as ``threshold_source`` in the checkpoint metadata); ``pipelines/calibrate_demo.py`` then replaces it by
+one threshold per preset that marks about 0.1 % of tissue (the F1-max one marked the whole brain).
 
 Usage:
     python pipelines/train_demo.py [--data ../shared/data] [--out aaclip_med/data/demo_adapters.safetensors]
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> Path:
         written = train(manifest, Path(tmp) / "run", progress=args.progress, **recipe["train"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written, args.out)
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    from calibrate_demo import calibrate  # per-preset thresholds replace the training-time F1-max one
+
+    calibrate(args.out, args.data)
     print(f"demo adapters: {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
     return args.out
 

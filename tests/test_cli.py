@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import highdicom as hd
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -51,6 +54,20 @@ def test_readme_main_command_on_the_bundled_sample(tmp_path: Path) -> None:
     for name in ("heatmap.nii.gz", "mask.nii.gz", "seg.dcm", "slices.csv", "qa.json", "run.json", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
     assert file_hashes(SAMPLE) == before
+    qa = json.loads((tmp_path / "out" / "qa.json").read_text())
+    assert qa["threshold_source"] == "checkpoint"  # the demo's threshold calibrated for the automatic 'ct' preset
+    mask = np.asarray(nib.load(tmp_path / "out" / "mask.nii.gz").dataobj)
+    assert 0 < mask.mean() < 0.01  # something is marked, not nothing and not the whole body
+    assert "untrained" in result.output
+
+
+def test_demo_has_a_threshold_for_every_preset() -> None:
+    from aaclip_med import create_model
+    from aaclip_med.config import MODALITY_PRESETS
+
+    model = create_model("demo", device="cpu")
+    assert set(model.preset_thresholds) == set(MODALITY_PRESETS)
+    assert model.preset_thresholds["brain_mri"] > -3.0  # not the F1-max value that marked the whole brain
 
 
 def test_fractional_seg_flag_and_toml_key(tmp_path: Path) -> None:
@@ -106,24 +123,29 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_batch_where_every_case_fails_exits_2(tmp_path: Path) -> None:
+def test_batch_with_failed_cases_exits_3(tmp_path: Path) -> None:
     src = tmp_path / "cohort"
     src.mkdir()
     for name in ("a.nii.gz", "b.nii.gz"):
         (src / name).write_text("not a nifti")
-    args = ["-q", "batch", str(src), "-o", str(tmp_path / "out"), "--model", "aaclip-tiny", "--no-progress"]
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((24, 24, 3), dtype=np.float32) * 100, np.eye(4)), src / "c.nii.gz")
+    args = ["batch", str(src), "-o", str(tmp_path / "out"), "--model", "aaclip-tiny", "--image-size", "64",
+            "--no-progress"]  # fmt: skip
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "all 2 cases failed" in result.output
+    assert result.exit_code == 3, result.output  # not 0: a script must notice; not 2: that means bad usage
+    assert "2 of 3 cases failed; see" in result.output and "failures.csv" in result.output
     assert (tmp_path / "out" / "failures.csv").is_file()  # the failure sheet says why, per case
+    assert (tmp_path / "out" / "run.json").is_file()  # the cohort sheets of the good case are written
 
 
 def test_flags_lay_over_the_config_file(tmp_path: Path) -> None:
-    from aaclip_med.cli import _scoring_config
+    from aaclip_med.cli_options import scoring_config
 
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "liver_ct"\n[inference]\nthreshold = 3.0\n[export]\nfractional_seg = true\n')
-    cfg = _scoring_config(toml, threshold=None, fractional_seg=False, include_phi=True, precision="fp32")
+    cfg = scoring_config(toml, threshold=None, fractional_seg=False, include_phi=True, precision="fp32")
     assert cfg.preset == "liver_ct" and cfg.inference.threshold == 3.0  # flags not given keep the file's values
     assert cfg.export.fractional_seg is True  # an unset switch never turns a setting off
     assert cfg.export.include_phi is True and cfg.inference.precision == "fp32"
-    assert _scoring_config(None, preset="brain_mri", batch_size=2).inference.batch_size == 2
+    assert scoring_config(None, preset="brain_mri", batch_size=2).inference.batch_size == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -182,7 +183,7 @@ def test_refuses_foreign_output_folder(cohort: Path, tmp_path: Path, model) -> N
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.docx").write_text("x")
-    with pytest.raises(OutputError, match="not an aaclip-med cohort folder"):
+    with pytest.raises(OutputError, match="not an aaclip-med output folder"):
         run_cohort(cohort, out, config=CONFIG, model=model, progress=False)
 
 
@@ -220,19 +221,20 @@ def test_resume_after_sigkill(cohort: Path, tmp_path: Path, model) -> None:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list((out / "cases").glob("*/run.json")) and proc.poll() is None and time.monotonic() < deadline:
+        done = "[!.]*/run.json"  # finished case folders, not a hidden staging folder about to be renamed
+        while not list((out / "cases").glob(done)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/run.json")}
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("[!.]*/run.json")}
     assert finished, "the subprocess wrote no case before it was killed"
     assert not (out / "cases.csv").exists()
     if len(finished) < 5:  # the kill landed mid-cohort: make sure a stale partial folder is cleaned up too
         (out / "cases" / ".case_5.x1y2.partial").mkdir(exist_ok=True)
     res = run_cohort(cohort, out, config=CONFIG, model=model, resume=True, progress=False)
     assert res.n_skipped == len(finished) and res.n_done == 5 - len(finished) and res.n_failed == 1
-    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*/run.json")}
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cases").glob("[!.]*/run.json")}
     assert {k: after[k] for k in finished} == finished
     assert len(after) == 5 and not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]
 
@@ -240,6 +242,10 @@ def test_resume_after_sigkill(cohort: Path, tmp_path: Path, model) -> None:
 def test_folder_source_and_reproducible(tmp_path: Path, model) -> None:
     make_cohort(tmp_path / "data", n=3, corrupt=None)
     a = run_cohort(tmp_path / "data" / "img", tmp_path / "a", config=CONFIG, model=model, progress=False)
-    b = run_cohort(tmp_path / "data" / "img", tmp_path / "b", config=CONFIG, progress=False)
-    assert [r["case_id"] for r in a.cases] == ["case_0", "case_1", "case_2"]
-    assert [r["score"] for r in a.cases] == [r["score"] for r in b.cases]
+    named = dataclasses.replace(CONFIG, export=dataclasses.replace(CONFIG.export, keep_names=True))
+    b = run_cohort(tmp_path / "data" / "img", tmp_path / "b", config=named, progress=False)
+    assert [r["case_id"] for r in b.cases] == ["case_0", "case_1", "case_2"]  # --keep-names: the file names
+    ids = {r["case_id"] for r in a.cases}  # by default: hashes of the names, never the names
+    assert len(ids) == 3 and all(i.startswith("case-") and len(i) == 15 for i in ids)
+    by_name = {r["case_id"]: r["score"] for r in b.cases}
+    assert sorted(r["score"] for r in a.cases) == sorted(by_name.values())

@@ -73,7 +73,7 @@ def test_nifti_run_writes_maps_on_the_source_grid(nifti_path: Path, tmp_path: Pa
     src = nib.load(nifti_path)
     lesion = np.zeros(src.shape, bool)
     lesion[12:18, 14:20, 6:10] = True
-    for name, dtype in (("heatmap.nii.gz", np.float32), ("mask.nii.gz", np.uint8)):
+    for name, dtype in (("heatmap.nii.gz", np.int16), ("mask.nii.gz", np.uint8)):  # heatmap: int16 + scl_slope
         img = nib.load(out.out_dir / name)
         assert img.shape == src.shape and img.get_data_dtype() == dtype
         np.testing.assert_allclose(img.affine, src.affine, atol=1e-4)
@@ -176,11 +176,23 @@ def test_existing_foreign_folder_is_not_replaced(nifti_path: Path, tmp_path: Pat
     assert (target / "notes.txt").read_text() == "keep me"
 
 
-def test_rerun_replaces_previous_output(nifti_path: Path, tmp_path: Path) -> None:
-    first = run_study(nifti_path, tmp_path / "out", config=_config(1.0), model=BrightnessModel(32))
-    second = run_study(nifti_path, tmp_path / "out", config=_config(50.0), model=BrightnessModel(32))
+def test_rerun_is_refused_and_overwrite_replaces_only_our_files(nifti_path: Path, tmp_path: Path) -> None:
+    first = run_study(nifti_path, tmp_path / "out", config=_config(1.0, overlays=3), model=BrightnessModel(32))
+    (first.out_dir / "my_notes.txt").write_text("keep me")  # the user's own file beside the outputs
+    (first.out_dir / "overlays" / "my_drawing.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="--overwrite"):
+        run_study(nifti_path, tmp_path / "out", config=_config(50.0), model=BrightnessModel(32))
+    assert json.loads((first.out_dir / "run.json").read_text())["threshold"] == 1.0  # untouched
+    second = run_study(nifti_path, tmp_path / "out", config=_config(50.0, overlays=1), model=BrightnessModel(32),
+                       overwrite=True)  # fmt: skip
     assert first.out_dir == second.out_dir
     assert not np.asarray(nib.load(second.out_dir / "mask.nii.gz").dataobj).any()
+    assert (first.out_dir / "my_notes.txt").read_text() == "keep me"
+    overlays = sorted(p.name for p in (first.out_dir / "overlays").iterdir())
+    assert len(overlays) == 2 and "my_drawing.png" in overlays  # our 2 stale overlays gone, the user's kept
+    run = json.loads((first.out_dir / "run.json").read_text())
+    assert run["threshold"] == 50.0 and "my_notes.txt" not in run["outputs"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_interrupt_during_export_leaves_nothing(nifti_path: Path, tmp_path: Path, monkeypatch) -> None:

@@ -13,11 +13,12 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from aaclip_med._files import case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
-from aaclip_med.case_folder import case_name, staged_output
 from aaclip_med.cohort.manifest import Case, read_manifest
 from aaclip_med.cohort.summary import MARKER, CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
+from aaclip_med.privacy import Naming
 
 __all__ = ["EvalResult", "evaluate", "find_runs"]
 
@@ -78,6 +79,12 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
     if src.suffix.lower() == ".csv":
         rows = read_manifest(src, images=False)  # the images are known from the predictions' run.json
         by_id = {c.case_id: replace(c, image=_source(cases_dir, c.case_id)) for c in rows if c.case_id in ids}
+        if not by_id:
+            msg = (
+                f"No case id of {src} matches a prediction in {cases_dir} (predictions: {', '.join(ids[:3])}"
+                f"{', ...' if len(ids) > 3 else ''}); use the case ids of the run (its cases.csv)."
+            )
+            raise ManifestError(msg)
         unknown = sorted(set(ids) - set(by_id))
         if unknown:
             logger.warning("no labels in %s for %d case(s): %s", src, len(unknown), ", ".join(unknown[:5]))
@@ -92,7 +99,10 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
         return [Case(i, _source(cases_dir, i), mask=masks[i]) for i in ids]
     if len(ids) == 1:
         return [Case(ids[0], _source(cases_dir, ids[0]), mask=src)]  # the folder is the mask (a DICOM series)
-    msg = f"No mask in {src} is named after a case id ({', '.join(ids[:3])}, ...); name them <case_id>.nii.gz."
+    msg = (
+        f"No mask in {src} is named after a case id ({', '.join(ids[:3])}, ...); name them <case_id>.nii.gz, "
+        "pass a manifest CSV, or run batch with --keep-names (it names cases by hashes otherwise)."
+    )
     raise ManifestError(msg)
 
 
@@ -103,6 +113,8 @@ def evaluate(
     *,
     normalisation: str = "none",
     xlsx: bool = False,
+    labels_threshold: float | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate a run or batch output folder against reference masks and write the evaluation sheets.
 
@@ -113,6 +125,9 @@ def evaluate(
         normalisation: ``none`` (raw map units), ``set`` (min-max over the evaluated set, as the reference
             code) or ``volume``; recorded in ``summary.csv``.
         xlsx: Also write ``evaluation.xlsx`` with one sheet per CSV.
+        labels_threshold: Binarise label maps at this value (``> t``); without it a label map holding
+            non-integer values (an image passed by mistake) is refused.
+        overwrite: Replace an earlier evaluation in ``out_dir`` (only the files it wrote); else it is refused.
 
     Returns:
         The sheets (``slices``, ``cases``, ``summary``) and the written files.
@@ -128,12 +143,13 @@ def evaluate(
 
     cases_dir, ids = find_runs(predictions)
     cases = _cases(cases_dir, ids, labels)
-    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation)
+    out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
+    check_output_folder(out, [labels], overwrite=overwrite)
+    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, labels_threshold=labels_threshold)
     skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
     if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
         msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"
         raise ManifestError(msg.replace("evaluation skipped: ", ""))
-    out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
     names = {"slices": "slices.csv", "cases": "cases.csv", "summary": "summary.csv", "json": "summary.json"}
     with staged_output(out) as tmp:
         report.write_sheet(sheets.slices, tmp / names["slices"], columns=list(metrics.SLICE_COLUMNS))
@@ -145,8 +161,9 @@ def evaluate(
             names["xlsx"] = "evaluation.xlsx"
             report.write_xlsx({"summary": sheets.summary, "cases": sheets.cases, "slices": sheets.slices},
                               tmp / names["xlsx"])  # fmt: skip
-        prov = report.provenance({"normalisation": normalisation, "predictions": str(predictions)},
-                                 sheets.provenance_model.get("metadata"), [labels])  # fmt: skip
+        prov = report.provenance({"normalisation": normalisation, "labels_threshold": labels_threshold},
+                                 sheets.provenance_model.get("metadata"), [labels],
+                                 name_input=Naming().path)  # label paths often hold a patient's name: hashed
         names["report"] = "report.html"
         link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
@@ -154,5 +171,6 @@ def evaluate(
                                  title="aaclip-med evaluation", case_link=link,
                                  verdicts=sheets.verdicts)  # fmt: skip
         names["marker"] = MARKER
+        prov["outputs"] = [*written_files(tmp), MARKER]
         report.write_json(prov, tmp / MARKER)
     return EvalResult(out, sheets, {k: out / v for k, v in names.items()})

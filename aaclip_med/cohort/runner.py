@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaclip_med._files import check_outside_inputs
+from aaclip_med._files import check_cohort_folder
 from aaclip_med._typing import PathLike
 from aaclip_med.cohort.manifest import Case, load_cases, shard
 from aaclip_med.cohort.summary import FAILURE_COLUMNS, MARKER, assemble, case_columns
 from aaclip_med.config import RunConfig
-from aaclip_med.errors import AACLIPMedError, ConfigError, OutputError
+from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
 
 if TYPE_CHECKING:
     from aaclip_med.model.aaclip import AACLIP
@@ -95,7 +95,7 @@ def run_case(case: Case, cases_dir: Path, config: RunConfig, model: AACLIP | Non
     cfg = dataclasses.replace(config, preset=case.preset or config.preset)
     try:
         run_study(case.image, cases_dir / case.case_id, config=cfg, model=model or cached_model(cfg),
-                  series=case.series, case_id=case.case_id)
+                  series=case.series, case_id=case.case_id, overwrite=True)  # the cohort owns cases/
     except AACLIPMedError as err:
         return _failed(case, err, t0)
     except Exception as err:  # a bug or an unforeseen input: record it, keep the cohort going
@@ -181,13 +181,19 @@ def _dask(todo: Sequence[Case], cases_dir: Path, cfg: RunConfig, workers: int, s
                 yield _failed(case, err, time.perf_counter())
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"Output {out} is a file; choose a folder for -o/--out.")
-    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MARKER, "cases", "parts")):
-        msg = (f"Output {out} exists and is not an aaclip-med cohort folder (no cases/ or {MARKER}); refusing to "
-               "write into it. Choose another -o/--out folder.")
-        raise OutputError(msg)
+def _anonymous(cases: list[Case], source: Path, cfg: RunConfig) -> list[Case]:
+    """Cases found in a folder get hashed ids unless names are kept (a manifest's ids are the user's own)."""
+    from aaclip_med.pipeline import naming
+
+    names = naming(cfg.export)
+    if names.keep_names or (source.is_file() and source.suffix.lower() == ".csv"):
+        return cases
+    out = [dataclasses.replace(c, case_id=names.case_id(f"{c.case_id}::{c.series or ''}", c.case_id))
+           for c in cases]  # fmt: skip
+    if len({c.case_id for c in out}) != len(out):
+        msg = f"Two cases of {source} get the same hashed id; pass --keep-names or write a manifest."
+        raise ManifestError(msg)
+    return out
 
 
 def _remove_stale(cases_dir: Path, cases: Sequence[Case]) -> None:
@@ -237,6 +243,7 @@ def run_cohort(
     scheduler: str | None = None,
     progress: bool = True,
     model: AACLIP | None = None,
+    overwrite: bool = False,
 ) -> CohortResult:
     """Score every study of a cohort and write the cohort sheets (layout: ``pipelines/README.md``).
 
@@ -256,14 +263,15 @@ def run_cohort(
             workers must see the same file system.
         progress: Show a progress bar over cases.
         model: A model already built (in-process only); else built once from ``config.inference``.
+        overwrite: Recompute a finished cohort folder (without it, only ``resume`` may reuse one).
 
     Returns:
         The sheet rows, counts and written files.
 
     Raises:
         ManifestError: Bad manifest or sharding arguments.
-        OutputError: ``out_dir`` is not a cohort output folder, or it is, lies inside or contains the data
-            folder or a case image.
+        OutputError: ``out_dir`` is not a cohort output folder, is a finished one (without ``resume`` or
+            ``overwrite``), or it is, lies inside or contains the data folder or a case image.
         ConfigError: Dask is missing or the scheduler cannot be reached.
 
     Example:
@@ -271,15 +279,16 @@ def run_cohort(
         >>> res.n_failed, res.summary[0]["pixel_auroc"]  # doctest: +SKIP
     """
     from aaclip_med import report
+    from aaclip_med.pipeline import naming
 
     t_start = time.perf_counter()
     cfg = config or RunConfig()
     cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, progress=False))
     out = Path(out_dir)
     _check_scheduler(scheduler)
-    _check_out(out)
-    cases = load_cases(source)
-    check_outside_inputs(out, [c.image for c in cases] + ([] if Path(source).is_file() else [source]))
+    cases = _anonymous(load_cases(source), Path(source), cfg)
+    inputs = [c.image for c in cases] + ([] if Path(source).is_file() else [Path(source)])
+    check_cohort_folder(out, inputs, resume=resume, overwrite=overwrite, num_parts=num_parts)
     mine = shard(cases, num_parts, part_id)
     cases_dir = out / "cases"
     _remove_stale(cases_dir, mine)
@@ -289,6 +298,11 @@ def run_cohort(
     outcomes = _execute(todo, cases_dir, cfg, workers=workers, scheduler=scheduler, model=model, progress=progress)
     failed = {o.case_id: {"error": o.error, "message": o.message} for o in outcomes if o.status == "failed"}
     sheets = assemble(mine, cases_dir, failed)
+    names = naming(cfg.export)
+    images = {c.case_id: c.image for c in mine}
+    for row in sheets.failures:  # no input path (a patient's name, often) in the sheets unless names are kept
+        image = images.get(row["case_id"], row["image"])
+        row["image"], row["message"] = names.path(image), names.scrub(row["message"], [image])
     files: dict[str, Path] = {}
     tag = f".part{part_id}of{num_parts}" if num_parts > 1 else ""
     base = out / "parts" if tag else out
@@ -307,7 +321,8 @@ def run_cohort(
     metadata = sheets.provenance_model.get("metadata") or (model.metadata() if model is not None else {})
     prov = report.provenance(
         cfg, metadata, [source] if Path(source).is_file() else [], {"total_s": time.perf_counter() - t_start},
-        extra={"source": str(source), "n_cases": len(mine), "n_done_this_run": result.n_done,
+        name_input=names.path,
+        extra={"source": names.path(source), "n_cases": len(mine), "n_done_this_run": result.n_done,
                "n_failed": result.n_failed, "n_skipped": result.n_skipped, "workers": workers,
                "scheduler": scheduler},
     )

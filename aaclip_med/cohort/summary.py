@@ -18,10 +18,12 @@ from typing import Any, cast
 
 import numpy as np
 
+from aaclip_med._files import MARKER
 from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
 from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
 from aaclip_med.cohort.manifest import Case
-from aaclip_med.errors import AACLIPMedError, ConfigError
+from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
+from aaclip_med.volume import Volume
 
 __all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
 
@@ -31,7 +33,7 @@ CASE_SHEET_COLUMNS = (
     "case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds",
 )
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
-MARKER = "run.json"
+
 _AFFINE_TOL_MM = 1e-3  # a mask on the image's grid matches to float rounding (DICOM positions are text)
 
 
@@ -108,6 +110,34 @@ class _Scale:
         return (heatmap - lo) / span, (threshold - lo) / span
 
 
+_MAX_LABELS = 255  # a label map has a few classes; an image passed as labels has hundreds of distinct values
+
+
+def label_mask(volume: Volume, threshold: float | None = None) -> np.ndarray:
+    """The reference mask of a label map: ``> 0`` (any label), or ``> threshold`` when one is given.
+
+    Raises:
+        ManifestError: Without ``threshold``, the map holds non-integer values or more than 255 distinct ones:
+            it is an image, not a label map (e.g. a FLAIR passed as --labels).
+    """
+    data = volume.data
+    if threshold is not None:
+        return np.asarray(data > threshold)
+    fractional = data[data != np.round(data)]
+    why = ""
+    if fractional.size:
+        why = f"holds non-integer values (e.g. {float(fractional.flat[0]):.4g})"
+    elif np.unique(data.ravel()[:: max(1, data.size // 4_000_000)]).size > _MAX_LABELS:  # a sample: fast
+        why = f"holds more than {_MAX_LABELS} distinct values"
+    if why:
+        msg = (
+            f"Label map {volume.source} {why}: it looks like an image, not a mask. Pass the mask, or "
+            "--labels-threshold T to binarise it at T."
+        )
+        raise ManifestError(msg)
+    return np.asarray(data > 0)
+
+
 def _set_range(cases: Sequence[Case], cases_dir: Path) -> tuple[float, float]:
     """Min and max over the heatmaps of the finished cases that have masks (first pass of set normalisation)."""
     lo, hi = np.inf, -np.inf
@@ -126,6 +156,7 @@ def _metrics(
     group: _Group,
     scale: _Scale,
     slices: list[dict[str, Any]],
+    labels_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Per-case metric columns; feeds the group's accumulators and the slice rows."""
     from aaclip_med import metrics
@@ -140,7 +171,7 @@ def _metrics(
     reasons: list[str] = []
     heatmap, threshold = scale.apply(_read_array(case_dir / "heatmap.nii.gz").astype(np.float32), threshold)
     ref_volume = read_volume(case.mask)
-    ref = ref_volume.data > 0
+    ref = label_mask(ref_volume, labels_threshold)
     why = ""
     if ref.shape != heatmap.shape:
         why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
@@ -213,6 +244,7 @@ def assemble(
     failures: Mapping[str, Mapping[str, str]],
     *,
     normalisation: str = "none",
+    labels_threshold: float | None = None,
 ) -> CohortSheets:
     """Build the cohort rows from the case folders.
 
@@ -222,6 +254,7 @@ def assemble(
         failures: Case id -> ``{"error", "message"}`` for cases that failed in this run.
         normalisation: Maps as stored (``none``, raw units), min-max over the whole evaluated set (``set``, the
             reference code's evaluation; AUROC/AP unchanged, thresholds rescaled) or per volume (``volume``).
+        labels_threshold: Binarise masks at this value (:func:`label_mask`).
 
     Returns:
         The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
@@ -245,7 +278,8 @@ def assemble(
                "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
         try:
             group = groups.setdefault(preset, _Group())
-            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices))
+            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices,
+                                labels_threshold))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case.case_id, row["reasons"])

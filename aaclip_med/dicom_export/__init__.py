@@ -20,7 +20,7 @@ then blanked (Type 2 attributes: present, empty), so no output of a run carries 
 
 from __future__ import annotations
 
-from aaclip_med.dicom_export.common import MANUFACTURER
+from aaclip_med.dicom_export.common import MANUFACTURER, export_blocker
 from aaclip_med.dicom_export.parametric import write_parametric_map
 from aaclip_med.dicom_export.seg import (
     heatmap_probability,
@@ -31,6 +31,7 @@ from aaclip_med.dicom_export.seg import (
 
 __all__ = [
     "MANUFACTURER",
+    "export_blocker",
     "heatmap_probability",
     "probability_rule",
     "write_dicom_seg",

@@ -28,6 +28,7 @@ __all__ = [
     "build",
     "check_lo",
     "common_attributes",
+    "export_blocker",
     "frames_in_source_order",
     "quiet_person_names",
     "save",
@@ -192,18 +193,40 @@ def with_type2(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     return out
 
 
-def _check_attributes(sources: list[pydicom.Dataset]) -> None:
+def _check_attributes(sources: Sequence[pydicom.Dataset], names: Sequence[str] = ()) -> None:
     multi_frame = len(sources) == 1 and int(getattr(sources[0], "NumberOfFrames", 1) or 1) > 1
     required = _REQUIRED if multi_frame else _REQUIRED + _REQUIRED_SINGLE_FRAME
     for index, ds in enumerate(sources):
         missing = [name for name in required if name not in ds]
         if missing:
-            where = getattr(ds, "filename", None) or f"source image {index}"
+            where = names[index] if index < len(names) else None
+            where = where or getattr(ds, "filename", None) or f"source image {index}"
+            others = sum(any(name not in d for name in missing) for d in sources) - 1
             msg = (
-                f"{where} lacks {', '.join(missing)}, which a DICOM SEG/Parametric Map needs; "
-                "export NIfTI instead or fix the series."
+                f"{where}{f' (and {others} more source files)' if others > 0 else ''} lacks {', '.join(missing)}, "
+                "which a DICOM SEG/Parametric Map needs; export NIfTI instead or fix the series."
             )
             raise UnsupportedFormatError(msg)
+
+
+def export_blocker(source_files: Sequence[str]) -> str | None:
+    """Why no DICOM SEG or Parametric Map can reference these source files, or ``None`` when one can.
+
+    Reads the headers only, so a run can check this before the slow scoring.
+
+    Args:
+        source_files: ``Volume.source_files`` of a DICOM volume (file paths or ``"x.zip::member"``).
+    """
+    from aaclip_med.dicom import read_dataset
+
+    refs = list(dict.fromkeys(source_files))
+    if not refs:
+        return "the input is not DICOM, so a DICOM SEG/Parametric Map has no source images to reference"
+    try:
+        _check_attributes([read_dataset(ref, header_only=True) for ref in refs], refs)
+    except UnsupportedFormatError as err:
+        return str(err)
+    return None
 
 
 def save(dataset: pydicom.Dataset, path: Path, include_phi: bool) -> Path:
@@ -223,7 +246,7 @@ def save(dataset: pydicom.Dataset, path: Path, include_phi: bool) -> Path:
     except OSError as err:
         msg = f"Cannot write {path}: {err.strerror}; check free space and permissions."
         raise OutputError(msg) from err
-    logger.info("wrote %s", path)
+    logger.debug("wrote %s", path.name)  # its folder may be a staging folder that is renamed away
     return path
 
 

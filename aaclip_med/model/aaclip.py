@@ -94,6 +94,7 @@ class AACLIP(nn.Module):
         untrained_backbone: True when the backbone was randomly initialised on purpose.
         threshold: Calibrated threshold from the adapter checkpoint (raw map units), or None.
         threshold_presets: Presets that threshold was calibrated on; empty when unknown.
+        preset_thresholds: Thresholds calibrated per preset (checkpoint ``thresholds``); they come first.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class AACLIP(nn.Module):
         self.untrained_backbone = backbone_info["source"] == "random"
         self.threshold: float | None = None
         self.threshold_presets: tuple[str, ...] = ()  # presets the threshold was calibrated on (empty: any)
+        self.preset_thresholds: dict[str, float] = {}  # per-preset thresholds ("thresholds"), before the above
         self.adapter_info: dict[str, Any] = {"source": None}
         self.lam_text, self.lam_image = spec.lam_text, spec.lam_image
         visual = self.clip.visual
@@ -341,6 +343,7 @@ class AACLIP(nn.Module):
         if ckpt.metadata is not None:
             self.threshold = ckpt.metadata.get("threshold")
             self.threshold_presets = tuple(ckpt.metadata.get("presets") or ())
+            self.preset_thresholds = {str(k): float(v) for k, v in (ckpt.metadata.get("thresholds") or {}).items()}
         else:
             logger.info("%s has no metadata (reference checkpoint): backbone identity not checked", ckpt.source)
         with torch.no_grad():

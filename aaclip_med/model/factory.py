@@ -198,17 +198,32 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
 
 
+def _no_pretrained_note(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _open_clip_backbone(spec: ModelSpec, image_size: int) -> Any:
+    """open_clip's model for ``spec`` at ``image_size``, randomly initialised (the caller loads weights)."""
+    import open_clip
+
+    root = logging.getLogger()  # open_clip warns "No pretrained weights loaded": we load our own after this
+    root.addFilter(_no_pretrained_note)
+    try:
+        return open_clip.create_model(
+            spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
+        )
+    finally:
+        root.removeFilter(_no_pretrained_note)
+
+
 def _build_backbone(
     spec: ModelSpec, weights: str, image_size: int, seed: int, trust_pickle: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    import open_clip
 
     info: dict[str, Any] = {"name": spec.arch, "quick_gelu": spec.quick_gelu}
     path = None if weights == "random" else resolve_backbone_file(spec.arch, weights, spec.local_names)
     state = None if path is None else load_backbone_state(path, trust_pickle)
-    clip = open_clip.create_model(
-        spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
-    )
+    clip = _open_clip_backbone(spec, image_size)
     if path is None:
         warnings.warn(
             f"{spec.name}: untrained backbone (random init from seed {seed}); maps are not meaningful "
@@ -330,7 +345,6 @@ def import_backbone(
     Raises:
         WeightsError: the file does not load into the backbone at one of the sizes.
     """
-    import open_clip
 
     spec = get_spec(model)
     _register_open_clip_config(spec.arch)
@@ -339,10 +353,7 @@ def import_backbone(
     def load_at_sizes(state: dict[str, torch.Tensor], source: str) -> None:
         native = native_image_size(state)
         for size in dict.fromkeys([*([native] if native else []), *(image_sizes or (spec.image_size,))]):
-            clip = open_clip.create_model(
-                spec.arch, pretrained=None, force_image_size=size, force_quick_gelu=spec.quick_gelu
-            )
-            apply_backbone_state(clip, state, f"{source} at {size} px")
+            apply_backbone_state(_open_clip_backbone(spec, size), state, f"{source} at {size} px")
             checked.append(size)
             logger.info("%s loads into %s at %d px", source, spec.arch, size)
 

@@ -182,7 +182,14 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
             )
             raise WeightsError(msg) from err
         logger.warning("Loading full pickle %s (trust_pickle=True)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:  # a plain pickle (not a torch archive), or a corrupt one
+            msg = (
+                f"{path}: not a torch checkpoint ({type(err2).__name__}: {' '.join(str(err2).split())}); "
+                "torch.save() files are read, plain pickle files are not. Re-export it with torch.save()."
+            )
+            raise WeightsError(msg) from err2
 
 
 def load_backbone_state(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -365,6 +372,12 @@ def read_adapters(source: AdapterSource, trust_pickle: bool = False) -> AdapterC
         path = Path(source)
         if path.is_dir():
             text_path, image_path = path / "text_adapter.pth", _pick_image_checkpoint(path)
+        elif path.is_file() and path.suffix.lower() in (".pth", ".pt", ".bin", ".ckpt"):
+            msg = (
+                f"Adapter weights '{source}' is a single {path.suffix} file; adapters are our .safetensors, or a "
+                "folder holding the reference text_adapter.pth and image_adapter_<epoch>.pth (pass the folder)."
+            )
+            raise WeightsError(msg)
         elif path.is_file():
             return _read_safetensors(path)
         else:

@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ PROVENANCE_PACKAGES: tuple[str, ...] = (
 _WEIGHTS_HASH_KEYS = ("weights_sha256", "adapter_sha256", "sha256")
 
 
-def input_record(path: PathLike) -> dict[str, Any]:
+def input_record(path: PathLike, name: str | None = None) -> dict[str, Any]:
     """Describe one input: its path, kind, file count, byte count and sha256.
 
     A folder (a DICOM series) is hashed as the sha256 of the lines ``<relative posix path> NUL <file sha256>``
@@ -49,6 +49,7 @@ def input_record(path: PathLike) -> dict[str, Any]:
 
     Args:
         path: An input file or folder, as given by the user.
+        name: What to record as its path (default: ``path`` as given; see :mod:`aaclip_med.privacy`).
 
     Returns:
         ``{"path", "kind": "file"|"folder", "n_files", "n_bytes", "sha256"}``.
@@ -57,23 +58,24 @@ def input_record(path: PathLike) -> dict[str, Any]:
         UnsupportedFormatError: The path does not exist.
     """
     source = Path(path)
+    shown = str(path) if name is None else name
     if source.is_file():
         return {
-            "path": str(path),
+            "path": shown,
             "kind": "file",
             "n_files": 1,
             "n_bytes": source.stat().st_size,
             "sha256": sha256_file(source),
         }
     if not source.is_dir():
-        msg = f"Input {path} does not exist; cannot hash it for run.json. Check the path."
+        msg = f"Input {shown} does not exist; cannot hash it for run.json. Check the path."
         raise UnsupportedFormatError(msg)
     files = sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: p.relative_to(source).as_posix())
     combined = hashlib.sha256()
     for file in files:
         combined.update(f"{file.relative_to(source).as_posix()}\0{sha256_file(file)}\n".encode())
     return {
-        "path": str(path),
+        "path": shown,
         "kind": "folder",
         "n_files": len(files),
         "n_bytes": sum(f.stat().st_size for f in files),
@@ -127,6 +129,7 @@ def provenance(
     timings: Mapping[str, float] | None = None,
     *,
     extra: Mapping[str, Any] | None = None,
+    name_input: Callable[[PathLike], str] = str,
 ) -> dict[str, Any]:
     """Build the content of ``run.json``.
 
@@ -137,6 +140,7 @@ def provenance(
         inputs: Input files or folders; each is hashed in full (streamed).
         timings: Named durations in seconds (e.g. ``{"read": 1.2, "score": 30.5}``).
         extra: More top-level keys (e.g. ``{"modality_guessed": True}``); they override nothing above.
+        name_input: How an input path is recorded (:meth:`aaclip_med.privacy.Naming.path`); default as given.
 
     Returns:
         ``{"created_utc", "config", "model", "packages", "python", "inputs", "timings", ...extra}``; pass it to
@@ -161,7 +165,7 @@ def provenance(
             "platform": platform.platform(),
             "machine": platform.machine(),
         },
-        "inputs": [input_record(p) for p in inputs],
+        "inputs": [input_record(p, name_input(p)) for p in inputs],
         "timings": {k: float(v) for k, v in (timings or {}).items()},
     }
     for key, value in (extra or {}).items():

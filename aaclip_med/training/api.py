@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aaclip_med._files import check_outside_inputs
+from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
 from aaclip_med.config import get_preset
 from aaclip_med.errors import ConfigError, OutputError
 from aaclip_med.model.factory import check_trainable_precision, create_model
@@ -114,8 +114,8 @@ def train(
     Raises:
         ManifestError: bad data (before any training).
         ConfigError: bad options.
-        OutputError: ``out_dir`` holds checkpoints of a previous run and ``resume`` is False, or it is, lies
-            inside or contains the training data.
+        OutputError: ``out_dir`` holds checkpoints of a previous run and ``resume`` is False, holds files that
+            are not a training run's, or it is, lies inside or contains the training data.
 
     Example:
         >>> train("manifest.csv", "runs/t1", model="aaclip-tiny", backbone_weights="random")  # doctest: +SKIP
@@ -131,7 +131,8 @@ def train(
                           "another --out folder.")
     data = Path(data)
     records = read_manifest(data) if data.is_file() else discover_folder(data)
-    check_outside_inputs(out, [r.image for r in records] + ([] if data.is_file() else [data]), flag="--out")
+    check_output_folder(out, [r.image for r in records] + ([] if data.is_file() else [data]), overwrite=True,
+                        flag="--out", ours=TRAINING_OUTPUTS)  # a foreign non-empty folder is refused
     train_items, val_items = build_datasets(records, preset)
     _seed_everything(seed)
     net = create_model(model, backbone_weights=backbone_weights, device=device, precision=precision,

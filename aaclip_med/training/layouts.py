@@ -14,6 +14,8 @@ Folder layouts (:func:`discover_folder`):
 - Volumes: ``images/`` + ``labels/`` (or ``masks/``), or nnU-Net ``imagesTr/`` + ``labelsTr/``, NIfTI files or
   DICOM series folders matched by name (nnU-Net's ``_0000`` channel suffix is dropped), optionally inside
   ``train/``, ``valid/`` and ``test/`` folders.
+- Any other folder ``aaclip-med batch`` reads (BraTS-like ``<case>/<case>_flair.nii.gz`` + ``<case>_seg.nii.gz``,
+  see :mod:`aaclip_med.cohort.manifest`), when every volume found there has its mask paired.
 """
 
 from __future__ import annotations
@@ -160,10 +162,25 @@ def discover_folder(root: str | Path) -> list[Case]:
             records += _mvtec(class_dir)
         elif (class_dir / "Data" / "Images").is_dir():
             records += _visa(class_dir)
-    if not records:
+    return records or _batch_layout(root)
+
+
+def _batch_layout(root: Path) -> list[Case]:
+    """The volumes ``batch`` finds in ``root``, as training cases; every one needs its mask."""
+    from aaclip_med.cohort.manifest import discover
+
+    advice = "write a manifest CSV (case_id,image,mask,label,preset,split) instead"
+    try:
+        cases = discover(root)
+    except ManifestError:
+        msg = f"Folder '{root}' matches no known layout (BMAD, MVTec, VisA, images/+labels/ volumes); {advice}."
+        raise ManifestError(msg) from None
+    unpaired = [c for c in cases if c.mask is None]
+    if unpaired:
         msg = (
-            f"Folder '{root}' matches no known layout (BMAD, MVTec, VisA, images/+labels/ volumes); "
-            "write a manifest CSV (case_id,image,mask,label,preset,split) instead."
+            f"Folder '{root}': {len(unpaired)} of {len(cases)} volumes have no mask paired with them (e.g. "
+            f"{unpaired[0].image}); training needs a mask per volume (all zeros for a normal one) named "
+            f"<image>_seg.nii.gz beside it, or {advice}."
         )
         raise ManifestError(msg)
-    return records
+    return [dataclasses.replace(c, split="train", where=str(c.image)) for c in cases]
