@@ -83,7 +83,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from aaclip_med import __version__
+        from aaclip_med._version import __version__
 
         typer.echo(f"aaclip-med {__version__}")
         raise typer.Exit
