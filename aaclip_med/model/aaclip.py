@@ -19,6 +19,7 @@ from torch import nn
 
 from aaclip_med.config import ModalityPreset, get_preset
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
+from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
@@ -112,6 +113,8 @@ class AACLIP(nn.Module):
         self.tokenizer = tokenizer
         self.input_size = input_size
         self.precision = precision
+        self.backend = "eager"  # engine of the vision path in score_slices (aaclip_med.model.backends)
+        self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.backbone_info = backbone_info
         self.untrained_backbone = backbone_info["source"] == "random"
         self.threshold: float | None = None
@@ -148,6 +151,7 @@ class AACLIP(nn.Module):
             msg = f"stage={stage} is not a training stage; use 1 (text adapter) or 2 (image adapter)."
             raise ConfigError(msg)
         check_trainable_precision(self.precision)
+        check_trainable_backend(self.backend)
         return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
 
     @contextlib.contextmanager
@@ -240,6 +244,7 @@ class AACLIP(nn.Module):
         from aaclip_med.model.factory import check_trainable_precision
 
         check_trainable_precision(self.precision)
+        check_trainable_backend(self.backend)
         vv_axis = check_vv_axis(vv_axis)
         x = self._embed(x)
         taps = []
@@ -279,14 +284,23 @@ class AACLIP(nn.Module):
         anchors = self.text_anchors(preset)
         with torch.inference_mode():
             x = x.to(self.device, torch.float32)
-            with self._autocast():
-                seg, det = self.encode_levels(x)
+            seg, det = self._encode(x)
             levels = level_anomaly_maps(
                 seg, anchors, self.grid(x), (x.shape[-2], x.shape[-1]), preset.blur_kernel, preset.blur_sigma
             )
             maps = levels.sum(0)
             det_score = (det.float() @ anchors[:, 1] + 1) / 2
             return SliceOutput(maps.flatten(1).amax(1), maps, det_score, levels if return_levels else None)
+
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``encode_levels`` through the model's backend (eager: autocast at the model's precision)."""
+        if self.backend == "eager":
+            with self._autocast():
+                return self.encode_levels(x)
+        if self._engine is None:
+            with torch.inference_mode(False), torch.no_grad():  # conversion/tracing needs ordinary tensors
+                self._engine = build_engine(self)
+        return self._engine(x)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -314,6 +328,7 @@ class AACLIP(nn.Module):
             "relu": self.spec.relu,
             "quick_gelu": self.spec.quick_gelu,
             "precision": self.precision,
+            "backend": self.backend,
             "adapters": dict(self.adapter_info),
             "threshold": self.threshold,
             "aaclip_med_version": __version__,
@@ -325,7 +340,7 @@ class AACLIP(nn.Module):
         Returns:
             The written path.
         """
-        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision")}
+        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision", "backend")}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))
 
@@ -350,3 +365,4 @@ class AACLIP(nn.Module):
                 value.copy_(ckpt.state[key])
         self.adapter_info = {"source": ckpt.source, "sha256": ckpt.sha256}
         self._anchor_cache.clear()
+        self._engine = None  # an engine holds a converted copy of the old adapters: rebuild on the next batch

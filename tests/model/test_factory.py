@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from aaclip_med.errors import UnknownModelError, WeightsError
+from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError
 from aaclip_med.model import AACLIP, create_model, factory, list_models
 from aaclip_med.model.weights import WEIGHTS_DIR_ENV, resolve_backbone_file, sha256_file
 
@@ -118,3 +118,27 @@ def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_precision_env_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"  # CI: the bf16 path on any CPU
+    assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice wins
+    monkeypatch.setenv(factory.PRECISION_ENV, " FP32 ")
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv(factory.PRECISION_ENV, "auto")
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv(factory.PRECISION_ENV, "int8")
+    with pytest.raises(ConfigError, match="int8.*CPU only"):
+        factory.resolve_precision("auto", torch.device("cuda"))
+    monkeypatch.setenv(factory.PRECISION_ENV, "fp8")
+    with pytest.raises(ConfigError, match=r"AACLIP_MED_PRECISION='fp8' is not a precision.*fp32.*unset it"):
+        factory.resolve_precision("auto", torch.device("cpu"))
+
+
+def test_precision_env_reaches_the_model(monkeypatch: pytest.MonkeyPatch, make_tiny: Callable[..., AACLIP]) -> None:
+    monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
+    assert make_tiny(precision="auto").precision == "bf16"
+    assert make_tiny(precision="fp32").precision == "fp32"
