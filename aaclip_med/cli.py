@@ -113,6 +113,7 @@ _SCORING_KEYS = {
     "preset": "preset", "model": "inference.model", "adapter_weights": "inference.adapter_weights",
     "backbone_weights": "inference.backbone_weights", "threshold": "inference.threshold",
     "device": "inference.device", "precision": "inference.precision", "batch_size": "inference.batch_size",
+    "backend": "inference.backend",
     "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
     "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
@@ -157,6 +158,7 @@ PresetOpt = Annotated[
 ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
 PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, int8 (CPU, opt-in).")]
+BackendOpt = Annotated[str | None, typer.Option(help="Vision engine: auto, eager, cast, compile, openvino.")]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
 SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
 ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]
@@ -184,6 +186,7 @@ def run(
     volume_index: Annotated[int | None, typer.Option(min=0, help="Volume of a 4D NIfTI to score.")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
@@ -204,6 +207,7 @@ def run(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        backend=backend,
     )  # fmt: skip
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
     res = outputs.result
@@ -235,6 +239,7 @@ def batch(
     threshold: ThresholdOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
@@ -260,6 +265,7 @@ def batch(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
+        backend=backend,
     )  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 BACKEND_ENV = "AACLIP_MED_BACKEND"  # overrides what backend "auto" resolves to (resolve_backend)
 CACHE_ENV = "AACLIP_MED_CACHE_DIR"  # where converted OpenVINO models are kept (default ~/.cache/aaclip-med)
 Engine = Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
+OPENVINO_MIN_WIDTH = 512  # auto uses OpenVINO from ViT-B widths up (the width-64 test model: 3x slower than eager)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -80,13 +82,15 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
-    """Resolve ``auto`` to the measured-fastest backend for the device and the resolved precision.
+def resolve_backend(backend: str, device: torch.device, precision: str, vision_width: int | None = None) -> str:
+    """Resolve ``auto`` to the measured-fastest backend for the device, the resolved precision and the model size.
 
-    CUDA, and ``int8`` (torch dynamic quantisation), run ``eager``. On CPU, ``openvino`` when installed (1.3-2.6x
-    eager on one ViT-L block in fp32, maps r 0.999999; benchmarks/README.md), else ``cast`` for bf16/fp16 (weights
-    cast once beat autocast) and ``eager`` for fp32. ``AACLIP_MED_BACKEND`` (:data:`BACKEND_ENV`), when set to
-    another value than ``auto``, replaces that choice; an explicit ``backend`` is never overridden.
+    CUDA, and ``int8`` (torch dynamic quantisation), run ``eager``. On CPU, ``openvino`` when installed and the
+    vision tower is at least :data:`OPENVINO_MIN_WIDTH` wide (ViT-L: faster than eager fp32, maps r 0.999999;
+    the tiny test models run faster eager; benchmarks/README.md), else ``cast`` for bf16/fp16 (weights cast once
+    beat autocast) and ``eager`` for fp32. ``vision_width`` None (model not built yet): only checks the value.
+    ``AACLIP_MED_BACKEND`` (:data:`BACKEND_ENV`), when set to another value than ``auto``, replaces that choice;
+    an explicit ``backend`` is never overridden.
 
     Raises:
         ConfigError: unknown value, or a backend that cannot run this device/precision.
@@ -95,7 +99,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
         env = os.environ.get(BACKEND_ENV, "").strip().lower()
         if env not in ("", "auto"):
             if env not in BACKENDS:
-                msg = f"{BACKEND_ENV}={env!r} is not a backend; set it to one of {', '.join(BACKENDS)} or unset it."
+                msg = f"{BACKEND_ENV}={env!r} is not a backend; set one of {', '.join(BACKENDS)} or unset it."
                 raise ConfigError(msg)
             backend = env
     if backend not in BACKENDS:
@@ -103,11 +107,11 @@ def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
     if backend == "auto":
         if device.type != "cpu" or precision == "int8":
             return "eager"
-        if openvino_available():
+        if openvino_available() and (vision_width is None or vision_width >= OPENVINO_MIN_WIDTH):
             return "openvino"
         return "cast" if precision in _DTYPES else "eager"
     if precision == "int8" and backend != "eager":
-        msg = f"backend={backend!r} with precision='int8': int8 runs on the eager backend only; use --backend eager."
+        msg = f"backend={backend!r} with precision='int8': int8 runs on the eager backend; use --backend eager."
         raise ConfigError(msg)
     if backend == "openvino":
         if device.type != "cpu":
@@ -182,7 +186,7 @@ def openvino_cache_key(model: AACLIP) -> str:
     digest = hashlib.sha256()
     for name, tensor in _vision_state(model):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     parts = (model.input_size, model.precision, model.layout, model.lam_image, openvino.__version__, __version__)
     digest.update(repr(parts).encode())
     return digest.hexdigest()
@@ -196,7 +200,7 @@ def cache_dir() -> Path:
 
 
 def _openvino_model(model: AACLIP, folder: Path) -> Path:
-    """The converted vision path under ``folder/<key>/vision.xml``, converting (and saving atomically) if absent."""
+    """The converted vision path ``folder/<key>/vision.xml``; converted (and saved atomically) when absent."""
     import openvino as ov
 
     key = openvino_cache_key(model)
@@ -211,7 +215,9 @@ def _openvino_model(model: AACLIP, folder: Path) -> Path:
     try:  # tracing refuses weights that require grad and are not parameters of the traced module
         for p in trainable:
             p.requires_grad_(False)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed but the batch (dynamic)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
             converted = ov.convert_model(
                 VisionPath(model).eval(), example_input=example, input=[ov.PartialShape([-1, 3, size, size])]
             )
@@ -253,10 +259,9 @@ def _openvino_engine(model: AACLIP) -> Engine:
     return engine
 
 
-def build_engine(model: AACLIP) -> Engine | None:
-    """The engine of ``model.backend`` (None for ``eager``); ``cast``/``compile`` cast the vision weights once."""
-    if model.backend == "eager":
-        return None
+def build_engine(model: AACLIP) -> Engine:
+    """The engine of ``model.backend`` (not ``eager``: that one is the model itself); ``cast``/``compile`` cast
+    the vision weights once."""
     if model.backend == "openvino":
         return _openvino_engine(model)
     return _torch_engine(model, compiled=model.backend == "compile")

@@ -321,7 +321,7 @@ def create_model(
     spec = get_spec(name)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)  # all three checked before the slow backbone build
-    engine = resolve_backend(backend, dev, prec)
+    resolve_backend(backend, dev, prec)
     size = image_size or spec.image_size
     source = adapter_weights
     if source is None and spec.default_adapters is not None:
@@ -355,8 +355,10 @@ def create_model(
         warnings.warn(f"{name}: no adapter weights; adapters are random (Xavier, seed {seed + 1}).", stacklevel=2)
     else:
         model.load_adapters(ckpt)
-    model.backend = engine  # the engine itself is built on the first scored batch (AACLIP.score_slices)
+    # the engine itself is built on the first scored batch (AACLIP.score_slices)
+    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width)
     logger.info(
-        "Built %s (%s, %s backbone) on %s, %s, backend %s", name, spec.arch, info["source"], dev, prec, engine
+        "Built %s (%s, %s backbone) on %s, %s, backend %s", name, spec.arch, info["source"], dev, prec,
+        model.backend,
     )
     return model.to(dev).eval()

@@ -112,6 +112,7 @@ def test_adapters_of_another_model_are_refused_before_the_backbone_build(monkeyp
 
 
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(factory.PRECISION_ENV, raising=False)  # the suite may run with AACLIP_MED_PRECISION=bf16
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert factory.resolve_precision("auto", torch.device("cuda")) == "fp16"
@@ -138,7 +139,9 @@ def test_precision_env_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> N
         factory.resolve_precision("auto", torch.device("cpu"))
 
 
-def test_precision_env_reaches_the_model(monkeypatch: pytest.MonkeyPatch, make_tiny: Callable[..., AACLIP]) -> None:
+def test_precision_env_reaches_the_model(
+    monkeypatch: pytest.MonkeyPatch, make_tiny: Callable[..., AACLIP]
+) -> None:
     monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
     assert make_tiny(precision="auto").precision == "bf16"
     assert make_tiny(precision="fp32").precision == "fp32"
