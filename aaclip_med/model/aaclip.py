@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aaclip_med.config import ModalityPreset, get_preset
+from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
 from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
 from aaclip_med.model.maps import level_anomaly_maps
@@ -115,6 +116,7 @@ class AACLIP(nn.Module):
         self.precision = precision
         self.backend = "eager"  # engine of the vision path in score_slices (aaclip_med.model.backends)
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
+        self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.backbone_info = backbone_info
         self.untrained_backbone = backbone_info["source"] == "random"
         self.threshold: float | None = None
@@ -144,7 +146,6 @@ class AACLIP(nn.Module):
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimised in ``stage`` 1 (text adapter) or 2 (image adapter)."""
-        from aaclip_med.errors import ConfigError
         from aaclip_med.model.factory import check_trainable_precision
 
         if stage not in (1, 2):
@@ -355,6 +356,12 @@ class AACLIP(nn.Module):
         if ckpt.metadata is not None:  # first: "trained for another model" says more than a list of keys
             check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
         check_adapter_state({k: v.shape for k, v in self.adapter_state().items()}, ckpt.state, ckpt.source)
+        if self.vision_weights_released:
+            msg = (
+                f"{ckpt.source}: this model's OpenVINO engine already holds the only copy of the vision weights, "
+                "so new adapters cannot be compiled in; build the model with these adapter_weights instead."
+            )
+            raise ConfigError(msg)
         if ckpt.metadata is not None:
             self.threshold = ckpt.metadata.get("threshold")
             self.threshold_presets = tuple(ckpt.metadata.get("presets") or ())

@@ -347,7 +347,9 @@ def create_model(
 
         xavier_init_(model.image_adapter)
         xavier_init_(model.text_adapter)
-    if prec == "int8":  # after the fingerprint (taken from the fp32 weights) and before adapters are loaded
+    # the engine itself is built on the first scored batch (AACLIP.score_slices)
+    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width)
+    if prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
         from aaclip_med.model.quantize import quantize_vision_
 
         quantize_vision_(model.clip)
@@ -355,8 +357,6 @@ def create_model(
         warnings.warn(f"{name}: no adapter weights; adapters are random (Xavier, seed {seed + 1}).", stacklevel=2)
     else:
         model.load_adapters(ckpt)
-    # the engine itself is built on the first scored batch (AACLIP.score_slices)
-    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width)
     logger.info(
         "Built %s (%s, %s backbone) on %s, %s, backend %s", name, spec.arch, info["source"], dev, prec,
         model.backend,

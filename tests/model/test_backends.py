@@ -60,7 +60,7 @@ def test_refusals(no_backend_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"openvino' on device cuda.*--device cpu"):
         backends.resolve_backend("openvino", torch.device("cuda"), "fp16")
     mp.setattr(backends, "openvino_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"needs the openvino package; pip install 'aaclip-med\[openvino\]'"):
+    with pytest.raises(ConfigError, match=r"needs the openvino package.*pip install 'aaclip-med\[openvino\]'"):
         backends.resolve_backend("openvino", CPU, "fp32")
     mp.setenv(backends.BACKEND_ENV, "turbo")
     with pytest.raises(ConfigError, match="AACLIP_MED_BACKEND='turbo' is not a backend"):
@@ -142,10 +142,12 @@ def test_openvino_matches_eager_and_caches(
     x = _x()
     ref = tiny.score_slices(x, "mri")
     model = make_tiny(backend="openvino")
+    key = backends.openvino_cache_key(model)  # before the engine releases the PyTorch vision weights
     out = model.score_slices(x, "mri")
-    torch.testing.assert_close(out.maps, ref.maps, atol=1e-4, rtol=1e-4)  # measured 1.6e-6
-    torch.testing.assert_close(out.det_score, ref.det_score, atol=1e-5, rtol=1e-5)
-    key = backends.openvino_cache_key(model)
+    # the IR stores the weights in fp16 (OpenVINO computes in f32): measured max |d| 4.4e-4, map range about 2
+    torch.testing.assert_close(out.maps, ref.maps, atol=2e-3, rtol=0)
+    assert _r(out.maps, ref.maps) >= 0.99999
+    torch.testing.assert_close(out.det_score, ref.det_score, atol=1e-3, rtol=0)
     assert (tmp_path / "openvino" / key[:32] / "vision.xml").is_file()
 
     def no_conversion(*args: object, **kwargs: object) -> None:
@@ -160,20 +162,56 @@ def test_openvino_matches_eager_and_caches(
 
 
 @needs_openvino
-def test_openvino_rebuilds_after_new_adapters(
+def test_openvino_releases_torch_vision_weights(
     tiny: AACLIP, make_tiny: Callable[..., AACLIP], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Peak RSS: once OpenVINO holds the vision weights the PyTorch copy goes; adapters then come via create_model."""
     monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
-    other = make_tiny(seed=0)
-    with torch.no_grad():
-        for p in other.image_adapter.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ckpt = read_adapters(other.save_adapters(str(tmp_path / "a.safetensors")))
-    model = make_tiny(backend="openvino")
+    path = tiny.save_adapters(str(tmp_path / "a.safetensors"))
+    model = make_tiny(backend="openvino", adapter_weights=path)  # loaded before the engine: fine
     x = _x(1)
     before = model.score_slices(x, "mri").maps
-    model.load_adapters(ckpt)
-    after = model.score_slices(x, "mri").maps
-    torch.testing.assert_close(after, other.score_slices(x, "mri").maps, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(after, before, atol=1e-3)
-    assert tiny.backend == "eager"
+    assert model.vision_weights_released and model.clip.visual.conv1.weight.numel() == 0
+    with pytest.raises(ConfigError, match="already holds the only copy of the vision weights.*adapter_weights"):
+        model.load_adapters(read_adapters(path))
+    torch.testing.assert_close(model.score_slices(x, "mri").maps, before)  # still usable
+    assert not tiny.vision_weights_released
+
+
+def test_amx_path_on_any_cpu(
+    no_backend_env: pytest.MonkeyPatch, tiny: AACLIP, make_tiny: Callable[..., AACLIP]
+) -> None:
+    """What an AMX CPU gets by default (bf16, weights cast once; OpenVINO bf16 for large models), run here."""
+    from aaclip_med.model import factory
+
+    no_backend_env.delenv(factory.PRECISION_ENV, raising=False)
+    no_backend_env.setattr(backends, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    model = make_tiny(precision="auto", backend="auto")
+    assert (model.precision, model.backend) == ("bf16", "cast")  # tiny: below OPENVINO_MIN_WIDTH
+    x = _x(2)
+    assert _r(model.score_slices(x, "mri").maps, tiny.score_slices(x, "mri").maps) >= 0.999
+
+
+@needs_openvino
+def test_openvino_bf16_close_to_fp32(
+    tiny: AACLIP, make_tiny: Callable[..., AACLIP], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+    x = _x(2)
+    out = make_tiny(precision="bf16", backend="openvino").score_slices(x, "mri").maps
+    ref = tiny.score_slices(x, "mri").maps
+    assert _r(out, ref) >= 0.999 and (out - ref).abs().max() < 0.1  # bf16 inference hint (AMX: bf16 matmuls)
+
+
+@needs_openvino
+def test_openvino_int8_close_to_fp32(
+    tiny: AACLIP, make_tiny: Callable[..., AACLIP], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("nncf", reason="nncf (int8 weights for OpenVINO) not installed")
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+    x = _x(2)
+    model = make_tiny(precision="int8", backend="openvino")
+    assert not any("quantized" in type(m).__module__ for m in model.clip.visual.modules())  # not torch's int8
+    out = model.score_slices(x, "mri").maps
+    ref = tiny.score_slices(x, "mri").maps
+    assert _r(out, ref) >= 0.999 and (out - ref).abs().max() < 0.1  # int8 weights, dynamic int8 activations
