@@ -191,8 +191,8 @@ def openvino_cache_key(model: AACLIP) -> str:
     for name, tensor in _vision_state(model):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    parts = (model.input_size, model.precision, model.layout, model.lam_image, "ir-fp16-weights", openvino.__version__,
-             __version__)  # fmt: skip
+    ir_format = "fp16-weights"  # how _openvino_model saves the IR
+    parts = (model.input_size, model.precision, model.layout, model.lam_image, ir_format, openvino.__version__, __version__)
     digest.update(repr(parts).encode())
     return digest.hexdigest()
 
