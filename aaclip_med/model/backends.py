@@ -192,7 +192,8 @@ def openvino_cache_key(model: AACLIP) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     ir_format = "fp16-weights"  # how _openvino_model saves the IR
-    parts = (model.input_size, model.precision, model.layout, model.lam_image, ir_format, openvino.__version__, __version__)
+    versions = (openvino.__version__, __version__)
+    parts = (model.input_size, model.precision, model.layout, model.lam_image, ir_format, versions)
     digest.update(repr(parts).encode())
     return digest.hexdigest()
 

@@ -165,7 +165,7 @@ def test_openvino_matches_eager_and_caches(
 def test_openvino_releases_torch_vision_weights(
     tiny: AACLIP, make_tiny: Callable[..., AACLIP], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Peak RSS: once the OpenVINO IR holds the vision weights the PyTorch copy goes (adapters: via create_model)."""
+    """Peak RSS: once the OpenVINO IR holds the vision weights, the PyTorch copy goes (adapters: create_model)."""
     monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
     path = tiny.save_adapters(str(tmp_path / "a.safetensors"))
     model = make_tiny(backend="openvino", adapter_weights=path)  # loaded before the engine: fine
