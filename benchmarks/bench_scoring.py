@@ -189,8 +189,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(isa_line() + gpu, flush=True)
     res: dict[str, Any] = {"machine": machine(device), "model": name, "quick": args.quick, "isa_line": isa_line()}
-    eager = build_model(name, str(device), "auto", "eager")  # reference rows and the previous default
     model = build_model(name, str(device), "auto", args.backend)  # the default: precision and backend auto
+    # reference rows and the previous default (the same model where the default runs eager, e.g. on CUDA)
+    eager = model if model.backend == "eager" else build_model(name, str(device), "auto", "eager")
     int8 = build_model(name, str(device), "int8", "eager") if args.int8 and device.type == "cpu" else None
     res["precision"], res["backend"], res["batch"] = model.precision, model.backend, args.batch_size
     res["per_slice"], res["accuracy"], res["accuracy_int8"] = bench_per_slice(

@@ -215,3 +215,22 @@ def test_openvino_int8_close_to_fp32(
     out = model.score_slices(x, "mri").maps
     ref = tiny.score_slices(x, "mri").maps
     assert _r(out, ref) >= 0.999 and (out - ref).abs().max() < 0.1  # int8 weights, dynamic int8 activations
+
+
+def test_backend_flag_and_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aaclip_med.cli import _scoring_config, app
+    from aaclip_med.config import load_run_config
+
+    assert _scoring_config(None, backend="eager").inference.backend == "eager"
+    toml = tmp_path / "run.toml"
+    toml.write_text('[inference]\nbackend = "cast"\n')
+    assert load_run_config(toml).inference.backend == "cast"
+    assert _scoring_config(toml, backend=None).inference.backend == "cast"  # a flag not given keeps the file's
+    for command in ("run", "batch"):
+        out = ["-o", str(tmp_path / "o")] if command == "batch" else []
+        args = [command, str(tmp_path), "--backend", "turbo", *out]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "backend='turbo' is not valid" in res.output, res.output
+        assert "Traceback" not in res.output
