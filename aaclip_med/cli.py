@@ -22,6 +22,7 @@ from aaclip_med.cli_options import (
     EXIT_CASES_FAILED,
     AdapterOpt,
     BackboneOpt,
+    BackendOpt,
     BaseDirOpt,
     BatchOpt,
     ComponentOpt,
@@ -149,6 +150,7 @@ def run(
     volume_index: Annotated[int | None, typer.Option(min=0, help="Volume of a 4D NIfTI to score.")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
@@ -181,6 +183,7 @@ def run(
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region,
+        backend=backend,
     )  # fmt: skip
     check_paths(input_path)
     check_output_folder(out or default_output_dir(input_path), [input_path], overwrite=overwrite)
@@ -221,6 +224,7 @@ def batch(
     threshold: ThresholdOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     min_component_mm3: ComponentOpt = None,
@@ -255,6 +259,7 @@ def batch(
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region,
+        backend=backend,
     )  # fmt: skip
     from aaclip_med._files import check_cohort_folder
 

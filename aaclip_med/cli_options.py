@@ -70,7 +70,7 @@ _SCORING_KEYS = {
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
     "include_phi": "export.include_phi", "keep_names": "export.keep_names", "base_dir": "export.base_dir",
     "no_seg": "export.dicom_seg", "no_report": "export.html", "overlays": "export.overlays",
-    "score_region": "inference.score_region",
+    "score_region": "inference.score_region", "backend": "inference.backend",
 }  # fmt: skip
 _SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names"})
 _OFF_SWITCHES = frozenset({"no_seg", "no_report"})  # --no-X: given turns X off, absent keeps the config's value
@@ -142,6 +142,7 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an earlier output in OUT (files you added are kept).")
 ]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+BackendOpt = Annotated[str | None, typer.Option(help="Vision engine: auto, eager, cast, compile, openvino.")]
 RegionOpt = Annotated[
     str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
 ]

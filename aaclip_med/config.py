@@ -22,6 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "BACKENDS",
     "MODALITY_PRESETS",
     "PRECISIONS",
     "ExportConfig",
@@ -43,6 +44,8 @@ ScoreRegion = Literal["foreground", "image"]
 # Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
 # per device; bf16/fp16 are autocast; int8 is dynamic int8 quantisation of the vision linears, CPU only.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
+# Accepted ``backend`` values (engines of the vision path, aaclip_med.model.backends): "auto" picks by measurement.
+BACKENDS: tuple[str, ...] = ("auto", "eager", "cast", "compile", "openvino")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +200,8 @@ class InferenceConfig:
     adapter_weights: str | None = None  # our .safetensors or a reference checkpoint folder
     image_size: int | None = None  # None: the model's own input size (518 for the paper's model)
     device: str = "auto"  # cuda when present, else cpu
-    precision: str = "auto"  # bf16 on AMX/avx512-bf16 CPUs, fp16 on CUDA, else fp32; int8: CPU opt-in (PRECISIONS)
+    precision: str = "auto"  # bf16 on AMX CPUs, fp16 on CUDA, else fp32; int8: CPU opt-in (PRECISIONS)
+    backend: str = "auto"  # engine of the vision path (BACKENDS): auto = measured fastest, eager = plain PyTorch
     batch_size: int = 8  # slices per forward pass; memory stays flat in volume length
     threshold: float | None = None  # None: the checkpoint's calibrated threshold (raw map units, DESIGN 0)
     volume_score: Literal["max", "topk_mean"] = "max"  # max of slice scores, as the reference image score
@@ -222,6 +226,8 @@ class InferenceConfig:
             bad = f"min_component_mm3={self.min_component_mm3!r} must be a finite number >= 0"
         elif self.precision not in PRECISIONS:
             bad = f"precision={self.precision!r} is not valid; use {', '.join(PRECISIONS)}"
+        elif self.backend not in BACKENDS:
+            bad = f"backend={self.backend!r} is not valid; use {', '.join(BACKENDS)}"
         elif self.volume_score not in ("max", "topk_mean"):
             bad = f"volume_score={self.volume_score!r} is not valid; use max or topk_mean"
         elif self.score_region not in ("foreground", "image"):

@@ -93,6 +93,7 @@ def load_model(config: RunConfig) -> AACLIP:
         adapter_weights=inf.adapter_weights,
         device=inf.device,
         precision=inf.precision,
+        backend=inf.backend,
         image_size=inf.image_size,
         seed=inf.seed,
         trust_pickle=inf.trust_pickle,

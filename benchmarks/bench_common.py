@@ -24,6 +24,7 @@ BRATS = (
     ROOT.parent / "shared/data/brain_brats2015_deepmedic/brats2015TrainingData/test/brats_2013_pat0001_1"
     "/Flair_subtrMeanDivStd.nii.gz"
 )
+CT = ROOT / "datasets/samples/hcc048_ct"  # the HCC048 portal-venous CT sample (shipped with the repository)
 PRESET = "brain_mri"
 FULL_MODEL, TINY_MODEL = "aaclip-vitl14-336", "aaclip-tiny"
 
@@ -43,11 +44,31 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def build_model(name: str, device: str, precision: str = "auto") -> AACLIP:
+def build_model(name: str, device: str, precision: str = "auto", backend: str = "auto") -> AACLIP:
     """``name`` with a random (seed 0) backbone: speed does not depend on the weight values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # untrained backbone / random adapters: on purpose here
-        return create_model(name, backbone_weights="random", device=device, precision=precision)
+        weights = None if name == "demo" else "random"  # demo: its own random seed-0 backbone and shipped adapters
+        return create_model(name, backbone_weights=weights, device=device, precision=precision, backend=backend)
+
+
+def real_slices(size: int, n: int = 2) -> dict[str, tuple[torch.Tensor, str]]:
+    """``n`` central slices each of the BraTS FLAIR and the HCC048 CT sample (those present), through the preset's
+    slice transform: ``{case: ((n,3,size,size), preset)}``."""
+    from aaclip_med.io import read_volume
+    from aaclip_med.transforms import slice_transform
+
+    out = {}
+    for path, preset in ((BRATS, "brain_mri"), (CT, "liver_ct")):
+        if not path.exists():
+            continue
+        vol = read_volume(path)
+        count = vol.n_slices
+        lo, hi = (0.45, 0.6) if count > 20 else (0.3, 0.7)  # central slices (the CT sample has 12)
+        ks = [int(count * (lo + (hi - lo) * i / max(n - 1, 1))) for i in range(n)]
+        transform = slice_transform(preset, size)
+        out[path.name] = (torch.stack([transform(vol.get_slice(k, vol.slice_axis)) for k in ks]), preset)
+    return out
 
 
 def random_slices(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -67,15 +88,35 @@ def agreement(a: torch.Tensor, b: torch.Tensor, what: str) -> dict[str, Any]:
     }
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    """Date, CPU model, cores, torch version, threads, GPU and load."""
+def isa_line() -> str:
+    """First line of every benchmark: CPU model, the ISA class that sets the peak, the flags behind it."""
+    from aaclip_med.model.backends import _cpu_flags, cpu_isa
+
+    flags = _cpu_flags()
+    shown = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2") if f in flags]
+    return (
+        f"CPU: {machine_cpu()}, ISA {cpu_isa()} ({', '.join(shown) or 'no cpuinfo flags'}), "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+    )
+
+
+def machine_cpu() -> str:
+    """The CPU model name from /proc/cpuinfo (else ``platform.processor()``)."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Date, CPU model, cores, torch version, threads, GPU and load."""
+    from aaclip_med.model.backends import cpu_isa
+
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": machine_cpu(),
+        "isa": cpu_isa(),
         "cores": os.cpu_count(),
-        "cpu_bf16_hw": any(f in cpuinfo for f in ("amx_bf16", "avx512_bf16")),
+        "cpu_bf16_hw": cpu_isa() == "amx",  # bf16 faster than fp32 (avx512_bf16 alone measured slower)
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

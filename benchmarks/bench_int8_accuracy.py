@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import BRATS, ROOT, agreement, build_model
+from bench_common import agreement, build_model, real_slices
 
-from aaclip_med.io import read_volume
 from aaclip_med.model.quantize import quantize_vision_
-from aaclip_med.transforms import slice_transform
-
-CT = ROOT / "datasets/samples/hcc048_ct"
 
 
 def _compare(a: torch.Tensor, ref: torch.Tensor, what: str) -> dict[str, Any]:
@@ -39,35 +35,26 @@ def _compare(a: torch.Tensor, ref: torch.Tensor, what: str) -> dict[str, Any]:
 def run(name: str) -> dict[str, Any]:
     """Maps of fp32, int8 and int8-MLP-only models on the real slices; their agreement with fp32."""
     models = {
-        label: build_model(name, "cpu", prec)
+        label: build_model(name, "cpu", prec, "eager")
         for label, prec in (("fp32", "fp32"), ("int8", "int8"), ("int8_mlp_only", "fp32"))
     }
     quantize_vision_(models["int8_mlp_only"].clip, attention=False)
     out: dict[str, Any] = {"model": name, "backbone": "random (seed 0)", "cases": {}}
-    for path, preset in ((BRATS, "brain_mri"), (CT, "liver_ct")):
-        if not path.exists():
-            out["cases"][path.name] = "absent"
-            continue
-        vol = read_volume(path)
-        n = vol.n_slices
-        ks = [int(n * 0.45), int(n * 0.6)] if n > 20 else [n // 2 - 1, n // 2 + 1]
-        transform = slice_transform(preset, models["fp32"].input_size)
-        x = torch.stack([transform(vol.get_slice(k, vol.slice_axis)) for k in ks])
+    for case, (x, preset) in real_slices(models["fp32"].input_size, 2).items():
         maps = {}
         for label, model in models.items():
             t0 = time.perf_counter()
             maps[label] = model.score_slices(x, preset, return_levels=False).maps
-            print(f"{path.name} {label}: {(time.perf_counter() - t0) / len(ks):.2f} s/slice (incl. anchors)")
-        out["cases"][path.name] = {
+            print(f"{case} {label}: {(time.perf_counter() - t0) / len(x):.2f} s/slice (incl. anchors)")
+        out["cases"][case] = {
             "preset": preset,
-            "slices": ks,
             **{
                 label: _compare(maps[label], maps["fp32"], f"{label} vs fp32")
                 for label in ("int8", "int8_mlp_only")
             },
         }
         for label in ("int8", "int8_mlp_only"):
-            row = out["cases"][path.name][label]
+            row = out["cases"][case][label]
             print(f"  {label} vs fp32: max|d| {row['max_abs_diff']:.3e} (range {row['map_range']:.2f}), "
                   f"r {row['pearson_r']:.6f}")  # fmt: skip
     return out

@@ -44,7 +44,9 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, max_n: int, budget_s: 
     return best
 
 
-def sustained_gemm(model: AACLIP, budget_s: float, reps_range: tuple[int, int] = (5, 30)) -> dict[str, Any]:
+def sustained_gemm(
+    model: AACLIP, budget_s: float, reps_range: tuple[int, int] = (5, 30), dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Median GFLOP/s of the model's first MLP ``c_fc`` (``F.linear`` + bias) at one slice's token count.
 
     The shape of the layer that dominates the run (ViT-L at 518 px: 1370 x 1024 by 4096 x 1024), repeated
@@ -63,7 +65,7 @@ def sustained_gemm(model: AACLIP, budget_s: float, reps_range: tuple[int, int] =
         ]
     return {
         "shape": f"({tokens} x {fc.in_features}) by ({fc.out_features} x {fc.in_features}) + bias",
-        "dtype": str(fc.weight.dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "reps": reps,
         "gflops": statistics.median(rates),
         "gflops_min": min(rates),
@@ -141,6 +143,13 @@ def block_precision_probe(model: AACLIP) -> dict[str, Any]:
     return out
 
 
+def peak_precision(device: torch.device) -> str:
+    """The dtype whose peak the model is held to: fp16 on CUDA, bf16 on AMX CPUs, fp32 on other CPUs."""
+    from aaclip_med.model.backends import cpu_isa
+
+    return "fp16" if device.type == "cuda" else "bf16" if cpu_isa() == "amx" else "fp32"
+
+
 def peak_section(
     model: AACLIP, s_per_slice: float, max_n: int, budget_s: float, count_flops: bool
 ) -> dict[str, Any]:
@@ -153,9 +162,12 @@ def peak_section(
     if device.type == "cuda":
         dtypes["fp16"] = torch.float16
     matmul = {p: matmul_peak(dtype, device, max_n, budget_s) for p, dtype in dtypes.items()}
-    gemm = sustained_gemm(model, budget_s)
+    peak_dtype = peak_precision(device)
+    gemm = sustained_gemm(model, budget_s, dtype=dtypes[peak_dtype])
     achieved = flops["per_slice"] / s_per_slice / 1e9
     return {
+        "peak_precision": peak_dtype,
+        "fraction_of_isa_peak": achieved / matmul[peak_dtype]["gflops"],
         "matmul": matmul,
         "sustained_gemm": gemm,
         "flops": flops,

@@ -39,8 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import FULL_MODEL, PRESET, TINY_MODEL, agreement, build_model, machine, random_slices, timed
+from bench_common import (
+    FULL_MODEL,
+    PRESET,
+    TINY_MODEL,
+    agreement,
+    build_model,
+    isa_line,
+    machine,
+    random_slices,
+    timed,
+)
 from bench_peak import peak_section, profile_batch
+from bench_targets import print_targets, targets
 from bench_volume import bench_cohort, end_to_end, measure_rss
 
 import aaclip_med.model.aaclip as aaclip_mod
@@ -102,27 +113,34 @@ def _per_slice_interleaved(
 
 # ---- 1. per-slice speed and 5. accuracy --------------------------------------------------------------------
 def bench_per_slice(
-    model: AACLIP, n_ref: int, n_fast: int, batch: int, int8: AACLIP | None = None
+    eager: AACLIP, model: AACLIP, n_ref: int, n_fast: int, batch: int, int8: AACLIP | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """Baseline, ablation steps, default path (and int8) on the same random slices; accuracy of their maps."""
+    """Baseline and ablation steps (``eager``: precision auto, plain PyTorch engine), then the previous default
+    (``eager``, batches), the default ``model`` (precision and backend auto) and int8, interleaved batch by batch,
+    on the same random slices; accuracy of the default maps against the fp32 reference-style maps."""
     dev, size = model.device, model.input_size
     x = random_slices(max(n_ref, n_fast), size)
-    anchors = model.text_anchors(PRESET)
+    anchors = eager.text_anchors(PRESET)
     steps: dict[str, Callable[[torch.Tensor], Any]] = {
-        "reference (fp32, batch 1, text per image, MHA, no_grad)": lambda b: reference_maps(model, b),
-        "+ cached anchors": lambda b: reference_maps(model, b, anchors),
-        "+ fused SDPA attention": lambda b: model.score_slices(b, PRESET, return_levels=False).maps,
+        "reference (fp32, batch 1, text per image, MHA, no_grad)": lambda b: reference_maps(eager, b),
+        "+ cached anchors": lambda b: reference_maps(eager, b, anchors),
+        f"+ fused SDPA attention ({eager.precision}, eager)": lambda b: eager.score_slices(
+            b, PRESET, return_levels=False
+        ).maps,
     }
     rows: dict[str, Any] = {}
     for label, fn in steps.items():
         rows[label] = _per_slice(fn, x[:n_ref], 1, dev)
-    paths = {default_label(model.precision, batch): model}
+    paths = {}
+    if model.backend != "eager":
+        paths[f"previous default (score_slices, {eager.precision}, backend eager, batch {batch})"] = eager
+    paths[default_label(model, batch)] = model
     if int8 is not None:
         paths[f"int8 opt-in (score_slices, precision {int8.precision}, batch {batch}, inference_mode)"] = int8
     fns = [lambda b, m=m: m.score_slices(b, PRESET, return_levels=False).maps for m in paths.values()]
     rows.update(zip(paths, _per_slice_interleaved(fns, x[:n_fast], batch, dev), strict=True))
     ref = torch.cat(next(iter(rows.values()))["_maps"]).float().cpu()
-    default_maps = torch.cat(rows[default_label(model.precision, batch)]["_maps"]).float().cpu()
+    default_maps = torch.cat(rows[default_label(model, batch)]["_maps"]).float().cpu()
     fast = default_maps[:n_ref]
     int8_acc = None
     if int8 is not None:
@@ -133,18 +151,18 @@ def bench_per_slice(
     base = next(iter(rows.values()))["s_per_slice"]
     for row in rows.values():
         row["speedup_vs_reference"] = base / row["s_per_slice"]
-    acc = agreement(fast, ref, f"default path ({model.precision}, batch {batch}) vs reference fp32")
+    acc = agreement(fast, ref, f"default ({model.precision}, {model.backend}, batch {batch}) vs reference fp32")
     return rows, acc, int8_acc
 
 
-def default_label(precision: str, batch: int) -> str:
+def default_label(model: AACLIP, batch: int) -> str:
     """Row name of the default path in ``per_slice``."""
-    return f"default (score_slices, precision {precision}, batch {batch}, inference_mode)"
+    return f"default (score_slices, {model.precision}, backend {model.backend}, batch {batch})"
 
 
 def bench_precision_guard(name: str, device: str, n: int, precision: str) -> dict[str, Any]:
     """Maps of ``precision`` autocast vs fp32 for the same model and slices (same weights: same seed)."""
-    low, ref = build_model(name, device, precision), build_model(name, device, "fp32")
+    low, ref = build_model(name, device, precision), build_model(name, device, "fp32", "eager")
     x = random_slices(n, ref.input_size, seed=1)
     sec, fast = timed(lambda: low.score_slices(x, PRESET, return_levels=False).maps, low.device)
     exact = ref.score_slices(x, PRESET, return_levels=False).maps
@@ -164,26 +182,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else args.device
     )
     torch.set_num_threads(os.cpu_count() or 1) if device.type == "cpu" else None
+    if args.short:
+        args.speed_only, args.baseline_images, args.default_slices, args.peak_budget = True, 2, 8, 1.0
     name = TINY_MODEL if args.quick else FULL_MODEL
     n_ref, n_fast = (2, 2) if args.quick else (args.baseline_images, args.default_slices)
-    res: dict[str, Any] = {"machine": machine(device), "model": name, "quick": args.quick}
-    model = build_model(name, str(device))
-    int8 = build_model(name, str(device), "int8") if args.int8 and device.type == "cpu" else None
-    res["precision"], res["batch"] = model.precision, args.batch_size
+    gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(isa_line() + gpu, flush=True)
+    res: dict[str, Any] = {"machine": machine(device), "model": name, "quick": args.quick, "isa_line": isa_line()}
+    model = build_model(name, str(device), "auto", args.backend)  # the default: precision and backend auto
+    # reference rows and the previous default (the same model where the default runs eager, e.g. on CUDA)
+    eager = model if model.backend == "eager" else build_model(name, str(device), "auto", "eager")
+    int8 = build_model(name, str(device), "int8", "eager") if args.int8 and device.type == "cpu" else None
+    res["precision"], res["backend"], res["batch"] = model.precision, model.backend, args.batch_size
     res["per_slice"], res["accuracy"], res["accuracy_int8"] = bench_per_slice(
-        model, n_ref, n_fast, args.batch_size, int8
+        eager, model, n_ref, n_fast, args.batch_size, int8
     )
     _print_speed(res)
-    fast_s = res["per_slice"][default_label(model.precision, args.batch_size)]["s_per_slice"]
+    fast_s = res["per_slice"][default_label(model, args.batch_size)]["s_per_slice"]
     budget = 0.2 if args.quick else args.peak_budget
-    res["peak"] = peak_section(model, fast_s, 512 if args.quick else 4096, budget, args.quick or args.count_flops)
+    res["peak"] = peak_section(eager, fast_s, 512 if args.quick else 4096, budget, args.quick or args.count_flops)
     res["profile_batch"] = min(args.batch_size, 2)
-    res["profile"] = profile_batch(model, res["profile_batch"], top=10)
+    res["profile"] = profile_batch(eager, res["profile_batch"], top=10)  # eager: per-op (an engine is one op)
     if int8 is not None:
         res["profile_int8"] = profile_batch(int8, res["profile_batch"], top=10)
         int8_s = list(res["per_slice"].values())[-1]["s_per_slice"]  # fp32-equivalent FLOPs below
         res["peak"]["effective_gflops_int8"] = res["peak"]["flops"]["per_slice"] / int8_s / 1e9
     if args.speed_only:
+        res["targets"] = targets(res)
         return _finish(res, args)
     with tempfile.TemporaryDirectory() as tmp:
         res["end_to_end"] = end_to_end(model, Path(tmp), fast_s, args.batch_size, args.quick, args.full_volume)
@@ -205,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--bf16-guard runs it",
             "tiny_model": bench_precision_guard(TINY_MODEL, str(device), 2, "bf16"),
         }
+    res["targets"] = targets(res)
     return _finish(res, args)
 
 
@@ -225,12 +251,18 @@ def _print_speed(res: dict[str, Any]) -> None:
     print(f"{'path':<72} {'s/slice':>9} {'speedup':>8}")
     for label, row in res["per_slice"].items():
         print(f"{label:<72} {row['s_per_slice']:>9.3f} {row['speedup_vs_reference']:>7.2f}x")
-    if res.get("accuracy_int8"):
-        acc = res["accuracy_int8"]
-        print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} (guard >= 0.999)")
+    for acc in (res["accuracy"], res.get("accuracy_int8")):
+        if acc:
+            print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} "
+                  "(guard >= 0.999)")
 
 
 def _print_rest(res: dict[str, Any]) -> None:
+    _print_peak(res)
+    print_targets(res)
+
+
+def _print_peak(res: dict[str, Any]) -> None:
     pk = res["peak"]
     print(
         f"\nFLOPs/slice {pk['flops']['per_slice'] / 1e12:.3f} T; "
@@ -303,6 +335,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cohort", dest="cohort", action="store_false")
     p.add_argument("--speed-only", action="store_true", help="per-slice, peak and profile sections only")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 row (CPU only anyway)")
+    p.add_argument("--backend", default="auto", help="backend of the default row (auto: what users get)")
+    p.add_argument(
+        "--short",
+        action="store_true",
+        help="ViT-L speed rows only (2 reference, 8 default slices, 1 s peak budget): ~3 min on a GPU",
+    )
     return p.parse_args(argv)
 
 

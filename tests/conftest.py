@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,11 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+# Models built with backend "auto" run the plain PyTorch engine in tests (an OpenVINO conversion per tiny model
+# would cost seconds each); tests/model/test_backends.py asks for each backend explicitly. A CI job may export
+# AACLIP_MED_BACKEND=openvino (or AACLIP_MED_PRECISION=bf16) to run the whole suite on another path.
+os.environ.setdefault("AACLIP_MED_BACKEND", "eager")
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"

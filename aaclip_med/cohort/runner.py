@@ -73,7 +73,7 @@ class CohortResult:
 
 def _model_key(config: RunConfig) -> str:
     inf = config.inference
-    keys = ("model", "backbone_weights", "adapter_weights", "image_size", "device", "precision", "seed")
+    keys = ("model", "backbone_weights", "adapter_weights", "image_size", "device", "precision", "backend", "seed")
     return json.dumps({k: getattr(inf, k) for k in keys}, sort_keys=True, default=str)
 
 

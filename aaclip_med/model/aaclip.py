@@ -19,7 +19,9 @@ from torch import nn
 
 from aaclip_med._version import __version__
 from aaclip_med.config import ModalityPreset, get_preset
+from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
+from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
@@ -112,6 +114,9 @@ class AACLIP(nn.Module):
         self.tokenizer = tokenizer
         self.input_size = input_size
         self.precision = precision
+        self.backend = "eager"  # engine of the vision path in score_slices (aaclip_med.model.backends)
+        self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
+        self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.backbone_info = backbone_info
         self.untrained_backbone = backbone_info["source"] == "random"
         self.threshold: float | None = None
@@ -142,12 +147,11 @@ class AACLIP(nn.Module):
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimised in ``stage`` 1 (text adapter) or 2 (image adapter)."""
-        from aaclip_med.errors import ConfigError
-
         if stage not in (1, 2):
             msg = f"stage={stage} is not a training stage; use 1 (text adapter) or 2 (image adapter)."
             raise ConfigError(msg)
         check_trainable_precision(self.precision)
+        check_trainable_backend(self.backend)
         return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
 
     @contextlib.contextmanager
@@ -244,6 +248,7 @@ class AACLIP(nn.Module):
             ConfigError: the model is ``int8`` (the stage-1 path is for training and needs the fp32 weights).
         """
         check_trainable_precision(self.precision)
+        check_trainable_backend(self.backend)
         vv_axis = check_vv_axis(vv_axis)
         x = self._embed(x)
         taps = []
@@ -283,14 +288,23 @@ class AACLIP(nn.Module):
         anchors = self.text_anchors(preset)
         with torch.inference_mode():
             x = x.to(self.device, torch.float32)
-            with self._autocast():
-                seg, det = self.encode_levels(x)
+            seg, det = self._encode(x)
             levels = level_anomaly_maps(
                 seg, anchors, self.grid(x), (x.shape[-2], x.shape[-1]), preset.blur_kernel, preset.blur_sigma
             )
             maps = levels.sum(0)
             det_score = (det.float() @ anchors[:, 1] + 1) / 2
             return SliceOutput(maps.flatten(1).amax(1), maps, det_score, levels if return_levels else None)
+
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``encode_levels`` through the model's backend (eager: autocast at the model's precision)."""
+        if self.backend == "eager":
+            with self._autocast():
+                return self.encode_levels(x)
+        if self._engine is None:
+            with torch.inference_mode(False), torch.no_grad():  # conversion/tracing needs ordinary tensors
+                self._engine = build_engine(self)
+        return self._engine(x)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -316,6 +330,7 @@ class AACLIP(nn.Module):
             "relu": self.spec.relu,
             "quick_gelu": self.spec.quick_gelu,
             "precision": self.precision,
+            "backend": self.backend,
             "adapters": dict(self.adapter_info),
             "threshold": self.threshold,
             "aaclip_med_version": __version__,
@@ -327,7 +342,7 @@ class AACLIP(nn.Module):
         Returns:
             The written path.
         """
-        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision")}
+        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision", "backend")}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))
 
@@ -340,6 +355,12 @@ class AACLIP(nn.Module):
         if ckpt.metadata is not None:  # first: "trained for another model" says more than a list of keys
             check_backbone_match(ckpt.metadata, self.backbone_info, ckpt.source)
         check_adapter_state({k: v.shape for k, v in self.adapter_state().items()}, ckpt.state, ckpt.source)
+        if self.vision_weights_released:
+            msg = (
+                f"{ckpt.source}: this model's OpenVINO engine already holds the only copy of the vision weights, "
+                "so new adapters cannot be compiled in; build the model with these adapter_weights instead."
+            )
+            raise ConfigError(msg)
         if ckpt.metadata is not None:
             self.threshold = ckpt.metadata.get("threshold")
             self.threshold_presets = tuple(ckpt.metadata.get("presets") or ())
@@ -351,3 +372,4 @@ class AACLIP(nn.Module):
                 value.copy_(ckpt.state[key])
         self.adapter_info = {"source": ckpt.source, "sha256": ckpt.sha256}
         self._anchor_cache.clear()
+        self._engine = None  # an engine holds a converted copy of the old adapters: rebuild on the next batch

@@ -136,7 +136,7 @@ def train(
     train_items, val_items = build_datasets(records, preset)
     _seed_everything(seed)
     net = create_model(model, backbone_weights=backbone_weights, device=device, precision=precision,
-                       image_size=image_size, seed=seed, adapter_weights=None)
+                       image_size=image_size, seed=seed, adapter_weights=None, backend="eager")  # trainable
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad model, device or precision leaves no folder
     size = net.input_size
     val_ds = SliceDataset(val_items, size) if val_items else None

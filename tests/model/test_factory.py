@@ -115,6 +115,7 @@ def test_adapters_of_another_model_are_refused_before_the_backbone_build(monkeyp
 
 
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(factory.PRECISION_ENV, raising=False)  # the suite may run with AACLIP_MED_PRECISION=bf16
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert factory.resolve_precision("auto", torch.device("cuda")) == "fp16"
@@ -161,3 +162,29 @@ def test_model_imports_run_one_way() -> None:
     assert not {n for n in imported(package / "model" / "spec.py") if n.startswith("aaclip_med.model")}
     for path in package.rglob("*.py"):
         assert "aaclip_med.__version__" not in imported(path), path
+
+
+def test_precision_env_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"  # CI: the bf16 path on any CPU
+    assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice wins
+    monkeypatch.setenv(factory.PRECISION_ENV, " FP32 ")
+    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv(factory.PRECISION_ENV, "auto")
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv(factory.PRECISION_ENV, "int8")
+    with pytest.raises(ConfigError, match="int8.*CPU only"):
+        factory.resolve_precision("auto", torch.device("cuda"))
+    monkeypatch.setenv(factory.PRECISION_ENV, "fp8")
+    with pytest.raises(ConfigError, match=r"AACLIP_MED_PRECISION='fp8' is not a precision.*fp32.*unset it"):
+        factory.resolve_precision("auto", torch.device("cpu"))
+
+
+def test_precision_env_reaches_the_model(
+    monkeypatch: pytest.MonkeyPatch, make_tiny: Callable[..., AACLIP]
+) -> None:
+    monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
+    assert make_tiny(precision="auto").precision == "bf16"
+    assert make_tiny(precision="fp32").precision == "fp32"

@@ -76,6 +76,7 @@ def test_int8_is_inference_only(int8: AACLIP) -> None:
 
 
 def test_int8_refused_off_cpu_and_never_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(factory.PRECISION_ENV, raising=False)
     assert factory.resolve_precision("int8", torch.device("cpu")) == "int8"
     with pytest.raises(ConfigError, match=r"precision='int8' on device cuda.*CPU only.*--device cpu"):
         factory.resolve_precision("int8", torch.device("cuda"))
