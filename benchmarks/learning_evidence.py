@@ -12,7 +12,7 @@ Every step is a subprocess of the CLI a user has; the training's CPU time (user 
 time are measured. The data are read in place (CC BY-NC-SA / CC BY; never copied into the project).
 
 Usage:
-    python benchmarks/learning_evidence.py [--image-size 112] [--text-epochs 1] [--image-epochs 2]
+    python benchmarks/learning_evidence.py [--image-size 224] [--text-epochs 1] [--image-epochs 2]
         [--test pat0001 --val pat0002] [--work DIR] [--out benchmarks/results/learning_evidence.json]
 """
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("/tmp/aaclip_learning_evidence"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_evidence.json")
-    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--text-epochs", type=int, default=1)
     parser.add_argument("--image-epochs", type=int, default=2)
     parser.add_argument("--image-batch-size", type=int, default=8)

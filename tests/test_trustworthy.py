@@ -222,3 +222,18 @@ def test_score_region_flag(ct_case, tmp_path: Path) -> None:
                                   "-o", str(tmp_path / "y")])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "y" / "qa.json").read_text())["score_region"] == "image"
+
+
+def test_training_slices_carry_their_volume_window(tmp_path: Path) -> None:
+    """Training sees what inference sees: every slice of a volume gets the volume's one window."""
+    from aaclip_med.manifest import Case
+    from aaclip_med.training.data import load_items
+
+    vol, lesion = _two_slices()
+    image, mask = tmp_path / "brain.nii.gz", tmp_path / "brain_mask.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), image)
+    nib.save(nib.Nifti1Image(lesion.astype(np.uint8), np.eye(4)), mask)
+    items = load_items([Case("b", image, mask, split="train")], "brain_mri")
+    preset = get_preset("brain_mri")
+    expected = volume_window(vol, foreground_mask(vol, preset.foreground), preset.window)
+    assert len(items) == 2 and all(it.window == pytest.approx(expected) for it in items)
