@@ -91,6 +91,12 @@ def test_baselines_and_in_region_metrics_side_by_side(nifti_path: Path, tmp_path
         nib.save(nib.Nifti1Image(arr, img.affine), tmp_path / f"{name}.nii.gz")
     labels = tmp_path / "labels.csv"
     labels.write_text(f"case_id,mask,organ_mask\nrun,{tmp_path / 'mask.nii.gz'},{tmp_path / 'organ.nii.gz'}\n")
+    hashed = evaluate(run.out_dir, labels, tmp_path / "hashed")  # run.json holds a hash of the input path
+    assert {r["map"] for r in hashed.sheets.summary} == {"model"}
+    assert "'image' column of the labels CSV" in hashed.sheets.cases[0]["baseline_reasons"]
+    labels.write_text(
+        f"case_id,image,mask,organ_mask\nrun,{nifti_path},{tmp_path / 'mask.nii.gz'},{tmp_path / 'organ.nii.gz'}\n"
+    )
     res = evaluate(run.out_dir, labels, tmp_path / "eval")
     rows = {(r["map"], r["region"]): r for r in res.sheets.summary if r["preset"] == "ct"}
     assert set(rows) == {("model", "all"), ("model", "foreground"), ("model", "organ"), ("intensity", "all"),

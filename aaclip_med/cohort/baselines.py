@@ -82,6 +82,13 @@ class RegionSet:
         from aaclip_med.intensity import foreground_mask
         from aaclip_med.io import read_volume
 
+        if str(image).startswith("sha256:"):
+            why = (
+                "baselines skipped: the run recorded its input as a hash (names are hashed by default); give the "
+                "image in an 'image' column of the labels CSV, or run with --keep-names or --base-dir"
+            )
+            logger.warning("%s: %s", case_id, why)
+            return {"baseline_reasons": why}
         try:
             data = read_volume(image).data
             organ = read_volume(organ_mask).data > 0 if organ_mask is not None else None

@@ -78,7 +78,11 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
         raise ManifestError(msg)
     if src.suffix.lower() == ".csv":
         rows = read_manifest(src, images=False)  # the images are known from the predictions' run.json
-        by_id = {c.case_id: replace(c, image=_source(cases_dir, c.case_id)) for c in rows if c.case_id in ids}
+        by_id = {  # an image column (the baselines' input) wins over the run's record, which may be a hash
+            c.case_id: c if c.image != Path() else replace(c, image=_source(cases_dir, c.case_id))
+            for c in rows
+            if c.case_id in ids
+        }
         if not by_id:
             msg = (
                 f"No case id of {src} matches a prediction in {cases_dir} (predictions: {', '.join(ids[:3])}"

@@ -185,7 +185,7 @@ def openvino_cache_key(model: AACLIP) -> str:
     """sha256 of the vision weights (backbone and image adapters), input size, precision, layout and versions."""
     import openvino
 
-    from aaclip_med import __version__
+    from aaclip_med._version import __version__
 
     digest = hashlib.sha256()
     for name, tensor in _vision_state(model):

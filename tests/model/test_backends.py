@@ -220,7 +220,8 @@ def test_openvino_int8_close_to_fp32(
 def test_backend_flag_and_config(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from aaclip_med.cli import _scoring_config, app
+    from aaclip_med.cli import app
+    from aaclip_med.cli_options import scoring_config as _scoring_config
     from aaclip_med.config import load_run_config
 
     assert _scoring_config(None, backend="eager").inference.backend == "eager"
