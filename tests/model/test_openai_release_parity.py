@@ -23,7 +23,7 @@ import torch
 from aaclip_med.model import create_model
 from aaclip_med.model.weights import WEIGHTS_DIR_ENV, fingerprint, load_backbone_state
 from tests.model.test_parity import _make_inputs
-from tests.model.test_release_formats import torchscript_release
+from tests.model.test_release_formats import hub_cache_entry, torchscript_release
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
@@ -50,12 +50,7 @@ def release(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     weights_dir = folder / "weights"
     weights_dir.mkdir()
     torchscript_release(state, weights_dir / "ViT-L-14-336px.pt", input_resolution=336)
-    revision = "0" * 40
-    hub = folder / "hub" / "models--timm--vit_large_patch14_clip_336.openai"
-    (hub / "refs").mkdir(parents=True)
-    (hub / "refs" / "main").write_text(revision)
-    (hub / "snapshots" / revision).mkdir(parents=True)
-    torch.save(state, hub / "snapshots" / revision / "open_clip_pytorch_model.bin")
+    hub_cache_entry(folder / "hub", "timm/vit_large_patch14_clip_336.openai", state)
     text, image = mk.adapter_state_dicts()
     torch.save({"text_adapter": text}, folder / "text_adapter.pth")
     torch.save({"image_adapter": image}, folder / "image_adapter_20.pth")

@@ -58,6 +58,18 @@ def torchscript_release(state: dict[str, torch.Tensor], path: Path, input_resolu
     return path
 
 
+def hub_cache_entry(hub: Path, repo_id: str, state: dict[str, torch.Tensor]) -> Path:
+    """Lay ``state`` out as ``hf_hub_download`` caches ``open_clip_pytorch_model.bin`` of ``repo_id``."""
+    revision = "0" * 40
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    path = repo / "snapshots" / revision / "open_clip_pytorch_model.bin"
+    torch.save(state, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def released(make_tiny: Callable[..., AACLIP]) -> dict[str, torch.Tensor]:
     """A tiny backbone's weights as a release stores them: fp16, on its native 224 px grid."""
@@ -133,12 +145,7 @@ def test_open_clip_hub_cache_path(
     """A pretrained tag resolves through open_clip's Hugging Face cache offline, as ``openai`` does for users."""
     import huggingface_hub.constants as hf_constants
 
-    revision = "0" * 40
-    repo = tmp_path / "hub" / "models--aaclip-test--tiny"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    torch.save(released, repo / "snapshots" / revision / "open_clip_pytorch_model.bin")
+    hub_cache_entry(tmp_path / "hub", "aaclip-test/tiny", released)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
