@@ -116,9 +116,10 @@ _SCORING_KEYS = {
     "image_size": "inference.image_size", "min_component_mm3": "inference.min_component_mm3",
     "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
-    "include_phi": "export.include_phi", "score_region": "inference.score_region",
+    "include_phi": "export.include_phi", "score_region": "inference.score_region", "organ": "inference.organ",
+    "organ_label": "inference.organ_label", "mask_outside_organ": "inference.mask_outside_organ",
 }  # fmt: skip
-_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
+_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "mask_outside_organ"})
 
 
 def _scoring_config(config: Path | None, **flags: Any) -> RunConfig:
@@ -170,6 +171,13 @@ NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progres
 RegionOpt = Annotated[
     str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
 ]
+OrganOpt = Annotated[
+    str | None, typer.Option(help="Structure in a folder/zip of organ masks (TotalSegmentator or IRCADb 'liver').")
+]
+OrganLabelOpt = Annotated[int | None, typer.Option(min=0, help="Organ = this value of a label map (default > 0).")]
+MaskInputOpt = Annotated[
+    bool, typer.Option("--mask-outside-organ", help="Blank the input outside the organ (BMAD liver input).")
+]
 
 
 @app.command()
@@ -196,6 +204,12 @@ def run(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    organ_mask: Annotated[
+        Path | None, typer.Option(help="Organ mask on the image grid (NIfTI, DICOM series/zip, TotalSegmentator).")
+    ] = None,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
+    mask_outside_organ: MaskInputOpt = False,
 ) -> None:
     """Score one study: heatmap, mask, DICOM SEG and report.
 
@@ -208,9 +222,10 @@ def run(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
-        score_region=score_region,
+        score_region=score_region, organ=organ, organ_label=organ_label, mask_outside_organ=mask_outside_organ,
     )  # fmt: skip
-    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
+    outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index,
+                        organ_mask=organ_mask)  # fmt: skip
     res = outputs.result
     if res.untrained_backbone:
         typer.secho(
@@ -254,8 +269,13 @@ def batch(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
+    mask_outside_organ: MaskInputOpt = False,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
+
+    A manifest's organ_mask column scores each case inside its organ.
 
     One OUT/cases/<case_id>/ per study plus cohort sheets and report.
     """
@@ -266,7 +286,7 @@ def batch(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
-        score_region=score_region,
+        score_region=score_region, organ=organ, organ_label=organ_label, mask_outside_organ=mask_outside_organ,
     )  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip

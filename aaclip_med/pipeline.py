@@ -19,8 +19,9 @@ from aaclip_med._files import check_outside_inputs
 from aaclip_med._typing import PathLike
 from aaclip_med.case_folder import MARKER, case_name, staged_output
 from aaclip_med.config import RunConfig
-from aaclip_med.errors import OutputError, UnsupportedFormatError
+from aaclip_med.errors import ConfigError, OutputError, UnsupportedFormatError
 from aaclip_med.inference import VolumeResult, resolve_preset, score_volume
+from aaclip_med.organ import OrganMask, read_organ_mask
 from aaclip_med.volume import Volume
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ def default_output_dir(input_path: PathLike) -> Path:
     return Path("reports") / case_name(input_path)
 
 
-def _check_output(input_path: Path, out_dir: Path) -> None:
-    check_outside_inputs(out_dir, [input_path])
+def _check_output(input_path: Path, out_dir: Path, organ_mask: Path | None = None) -> None:
+    check_outside_inputs(out_dir, [input_path] if organ_mask is None else [input_path, organ_mask])
     out = out_dir.resolve()
     ancestor = next(p for p in (out, *out.parents) if p.exists())
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
@@ -102,6 +103,7 @@ def run_study(
     series: str | None = None,
     case_id: str | None = None,
     volume_index: int | None = None,
+    organ_mask: PathLike | None = None,
 ) -> RunOutputs:
     """Score one study and write the run folder (layout: reports/README.md).
 
@@ -113,6 +115,9 @@ def run_study(
         series: DICOM series selector (UID, number or description).
         case_id: Name used in sheets and the report; default the input's name.
         volume_index: Volume of a 4D NIfTI to score.
+        organ_mask: Organ mask on the image grid (:func:`~aaclip_med.organ.read_organ_mask`; ``config.inference``
+            ``organ`` and ``organ_label`` select inside it): scoring happens inside the organ, the mask is
+            written as ``organ_mask.nii.gz`` and recorded in ``run.json``.
 
     Returns:
         The output folder, the result and the written files.
@@ -131,11 +136,18 @@ def run_study(
         msg = f"{src}: no such file or folder. Check the path."
         raise UnsupportedFormatError(msg)
     out = Path(out_dir) if out_dir is not None else default_output_dir(src)
-    _check_output(src, out)
+    organ_src = Path(organ_mask) if organ_mask is not None else None
+    _check_output(src, out, organ_src)
     _check_names(cfg, model)
+    if cfg.inference.mask_outside_organ and organ_src is None:
+        msg = f"{src}: mask_outside_organ needs an organ mask; pass --organ-mask (or drop --mask-outside-organ)."
+        raise ConfigError(msg)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     volume = read_volume(src, series=series, volume_index=volume_index)
+    organ = None
+    if organ_src is not None:
+        organ = read_organ_mask(organ_src, volume, organ=cfg.inference.organ, label=cfg.inference.organ_label)
     timings["read_s"] = time.perf_counter() - t0
     preset = resolve_preset(cfg.preset, volume)
     cfg = dataclasses.replace(cfg, preset=preset.name)
@@ -144,11 +156,11 @@ def run_study(
         model = load_model(cfg)
         timings["model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = score_volume(model, volume, preset, config=cfg.inference)
+    result = score_volume(model, volume, preset, config=cfg.inference, organ=None if organ is None else organ.mask)
     timings["score_s"] = time.perf_counter() - t0
     with staged_output(out) as tmp:
         t0 = time.perf_counter()
-        files = _export(tmp, volume, result, cfg, model, case_id or case_name(src), timings)
+        files = _export(tmp, volume, result, cfg, model, case_id or case_name(src), timings, organ)
         timings["export_s"] = time.perf_counter() - t0
     logger.info("wrote %s (volume score %.4g, %d slices flagged)", out, result.score, int(result.flagged.sum()))
     return RunOutputs(out_dir=out, result=result, volume=volume, files={k: out / v for k, v in files.items()})
@@ -162,6 +174,7 @@ def _export(
     model: AACLIP,
     case_id: str,
     timings: dict[str, float],
+    organ: OrganMask | None = None,
 ) -> dict[str, str]:
     from aaclip_med import report
     from aaclip_med.io import write_nifti
@@ -170,6 +183,9 @@ def _export(
     files = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz"}
     write_nifti(result.heatmap, tmp / files["heatmap"], like=volume)
     write_nifti(result.mask, tmp / files["mask"], like=volume)
+    if organ is not None:
+        files["organ_mask"] = "organ_mask.nii.gz"  # the mask as scored: eval's organ region when labels lack one
+        write_nifti(organ.mask, tmp / files["organ_mask"], like=volume)
     if volume.meta.get("format") == "dicom":
         if exp.dicom_seg or exp.parametric_map or exp.fractional_seg:
             files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
@@ -204,10 +220,12 @@ def _export(
         "window": result.qa.get("window"),
         "score_region": result.qa.get("score_region"),
         "unscored_value": result.unscored_value,
+        "organ_mask": None if organ is None else organ.record(volume.spacing),
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
-    prov = report.provenance(cfg, model.metadata(), [volume.source], timings, extra=extra)
+    inputs = [volume.source] if organ is None else [volume.source, organ.source]
+    prov = report.provenance(cfg, model.metadata(), inputs, timings, extra=extra)
     if exp.html:
         files["report"] = "report.html"
         report.write_case_html(

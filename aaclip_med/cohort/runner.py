@@ -95,7 +95,7 @@ def run_case(case: Case, cases_dir: Path, config: RunConfig, model: AACLIP | Non
     cfg = dataclasses.replace(config, preset=case.preset or config.preset)
     try:
         run_study(case.image, cases_dir / case.case_id, config=cfg, model=model or cached_model(cfg),
-                  series=case.series, case_id=case.case_id)
+                  series=case.series, case_id=case.case_id, organ_mask=case.organ_mask)
     except AACLIPMedError as err:
         return _failed(case, err, t0)
     except Exception as err:  # a bug or an unforeseen input: record it, keep the cohort going
@@ -279,7 +279,8 @@ def run_cohort(
     _check_scheduler(scheduler)
     _check_out(out)
     cases = load_cases(source)
-    check_outside_inputs(out, [c.image for c in cases] + ([] if Path(source).is_file() else [source]))
+    organs = [c.organ_mask for c in cases if c.organ_mask is not None]
+    check_outside_inputs(out, [c.image for c in cases] + organs + ([] if Path(source).is_file() else [source]))
     mine = shard(cases, num_parts, part_id)
     cases_dir = out / "cases"
     _remove_stale(cases_dir, mine)

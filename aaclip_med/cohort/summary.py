@@ -167,14 +167,28 @@ def _metrics(
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)
-    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, str(qa.get("preset") or record.get(
-        "config", {}).get("preset")), axis, organ_mask=case.organ_mask))  # fmt: skip
+    preset = str(qa.get("preset") or record.get("config", {}).get("preset"))
+    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, preset, axis,
+                                    **_organ_source(case, case_dir, record)))  # fmt: skip
     slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
     group.image_labels.append(np.asarray(ref.any(axis=other), dtype=np.float64))
     group.image_scores.append(slice_scores)
     return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
+
+
+def _organ_source(case: Case, case_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The organ region of a case: the labels' ``organ_mask`` (read as the run read its own), else the run's.
+
+    A labels column is read with the run's ``organ`` / ``organ_label`` selection (a TotalSegmentator folder, an
+    IRCADb zip); a run scored with ``--organ-mask`` wrote the mask it used as ``organ_mask.nii.gz``.
+    """
+    if case.organ_mask is not None:
+        inf = record.get("config", {}).get("inference", {})
+        return {"organ_mask": case.organ_mask, "organ": inf.get("organ"), "label": inf.get("organ_label")}
+    own = case_dir / "organ_mask.nii.gz"
+    return {"organ_mask": own if own.is_file() else None}
 
 
 def _summary(groups: Mapping[str, _Group], normalisation: str) -> list[dict[str, Any]]:
