@@ -308,6 +308,8 @@ def eval_(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sheets folder (PREDICTIONS/evaluation)")] = None,
     normalisation: Annotated[str, typer.Option(help="none (raw units), set (reference code) or volume.")] = "none",
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Also write evaluation.xlsx.")] = False,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
 ) -> None:
     """Evaluate predictions against reference masks.
 
@@ -315,7 +317,8 @@ def eval_(
     """
     from aaclip_med.cohort import evaluate
 
-    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx)
+    res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx, organ=organ,
+                   organ_label=organ_label)  # fmt: skip
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
                            if isinstance(row.get(k), float) and row[k] == row[k])  # fmt: skip

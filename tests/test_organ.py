@@ -250,3 +250,16 @@ def test_geometry_error_from_score_volume_on_a_wrong_shape(case) -> None:
     with pytest.raises(GeometryError, match="differs from the grid"):
         score_volume(BrightnessModel(32), read_volume(image), "ct", organ=np.ones((2, 2, 2), bool),
                      config=InferenceConfig(progress=False))  # fmt: skip
+
+
+def test_training_manifest_organ_mask_keeps_organ_slices_only(case, tmp_path: Path) -> None:
+    from aaclip_med.training.data import load_items
+    from aaclip_med.training.layouts import read_manifest
+
+    image, organ_path, _ = case
+    manifest = tmp_path / "train.csv"
+    manifest.write_text(f"case_id,image,organ_mask,split\nct,{image.name},{organ_path.name},train\n"
+                        f"plain,{image.name},,train\n")  # fmt: skip
+    items = load_items(read_manifest(manifest), "ct")
+    kept = {cid: [i.slice_index for i in items if i.case_id == cid] for cid in ("ct", "plain")}
+    assert kept["ct"] == list(ORGAN_SLICES) and len(kept["plain"]) == 12

@@ -103,6 +103,8 @@ def evaluate(
     *,
     normalisation: str = "none",
     xlsx: bool = False,
+    organ: str | None = None,
+    organ_label: int | None = None,
 ) -> EvalResult:
     """Evaluate a run or batch output folder against reference masks and write the evaluation sheets.
 
@@ -113,6 +115,9 @@ def evaluate(
         normalisation: ``none`` (raw map units), ``set`` (min-max over the evaluated set, as the reference
             code) or ``volume``; recorded in ``summary.csv``.
         xlsx: Also write ``evaluation.xlsx`` with one sheet per CSV.
+        organ: Structure to read from the labels' ``organ_mask`` folders or zips (TotalSegmentator, IRCADb).
+        organ_label: Label of the organ in the labels' ``organ_mask`` label maps (None: > 0). A case without
+            an ``organ_mask`` column uses the organ mask its run was scored with (``organ_mask.nii.gz``).
 
     Returns:
         The sheets (``slices``, ``cases``, ``summary``) and the written files.
@@ -128,7 +133,7 @@ def evaluate(
 
     cases_dir, ids = find_runs(predictions)
     cases = _cases(cases_dir, ids, labels)
-    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation)
+    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, organ=organ, organ_label=organ_label)
     skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
     if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
         msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"

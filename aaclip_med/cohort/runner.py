@@ -289,7 +289,7 @@ def run_cohort(
     logger.info("%d cases (%d finished before, %d to run)", len(mine), len(finished), len(todo))
     outcomes = _execute(todo, cases_dir, cfg, workers=workers, scheduler=scheduler, model=model, progress=progress)
     failed = {o.case_id: {"error": o.error, "message": o.message} for o in outcomes if o.status == "failed"}
-    sheets = assemble(mine, cases_dir, failed)
+    sheets = assemble(mine, cases_dir, failed, organ=cfg.inference.organ, organ_label=cfg.inference.organ_label)
     files: dict[str, Path] = {}
     tag = f".part{part_id}of{num_parts}" if num_parts > 1 else ""
     base = out / "parts" if tag else out

@@ -126,6 +126,7 @@ def _metrics(
     group: _Group,
     scale: _Scale,
     slices: list[dict[str, Any]],
+    organ_src: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Per-case metric columns; feeds the group's accumulators and the slice rows."""
     from aaclip_med import metrics
@@ -169,7 +170,7 @@ def _metrics(
     group.volume_scores.append(score)
     preset = str(qa.get("preset") or record.get("config", {}).get("preset"))
     row.update(group.regions.update(case.case_id, heatmap, ref, case.image, preset, axis,
-                                    **_organ_source(case, case_dir, record)))  # fmt: skip
+                                    **organ_src))  # fmt: skip
     slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
@@ -178,15 +179,13 @@ def _metrics(
     return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
 
 
-def _organ_source(case: Case, case_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The organ region of a case: the labels' ``organ_mask`` (read as the run read its own), else the run's.
+def _organ_source(case: Case, case_dir: Path, organ: str | None, label: int | None) -> dict[str, Any]:
+    """The organ region of a case: its ``organ_mask`` column (with the selection given), else the run's own.
 
-    A labels column is read with the run's ``organ`` / ``organ_label`` selection (a TotalSegmentator folder, an
-    IRCADb zip); a run scored with ``--organ-mask`` wrote the mask it used as ``organ_mask.nii.gz``.
+    A run scored with ``--organ-mask`` wrote the mask it used as ``organ_mask.nii.gz``; that one is binary.
     """
     if case.organ_mask is not None:
-        inf = record.get("config", {}).get("inference", {})
-        return {"organ_mask": case.organ_mask, "organ": inf.get("organ"), "label": inf.get("organ_label")}
+        return {"organ_mask": case.organ_mask, "organ": organ, "label": label}
     own = case_dir / "organ_mask.nii.gz"
     return {"organ_mask": own if own.is_file() else None}
 
@@ -227,6 +226,8 @@ def assemble(
     failures: Mapping[str, Mapping[str, str]],
     *,
     normalisation: str = "none",
+    organ: str | None = None,
+    organ_label: int | None = None,
 ) -> CohortSheets:
     """Build the cohort rows from the case folders.
 
@@ -236,6 +237,8 @@ def assemble(
         failures: Case id -> ``{"error", "message"}`` for cases that failed in this run.
         normalisation: Maps as stored (``none``, raw units), min-max over the whole evaluated set (``set``, the
             reference code's evaluation; AUROC/AP unchanged, thresholds rescaled) or per volume (``volume``).
+        organ: Structure selected in the cases' ``organ_mask`` folders or zips (as ``--organ``).
+        organ_label: Label selected in the cases' ``organ_mask`` label maps (as ``--organ-label``).
 
     Returns:
         The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
@@ -259,7 +262,8 @@ def assemble(
                "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
         try:
             group = groups.setdefault(preset, _Group())
-            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices))
+            organ_src = _organ_source(case, cases_dir / case.case_id, organ, organ_label)
+            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices, organ_src))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case.case_id, row["reasons"])
