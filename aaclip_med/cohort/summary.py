@@ -22,6 +22,7 @@ from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
 from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
 from aaclip_med.cohort.manifest import Case
 from aaclip_med.errors import AACLIPMedError, ConfigError
+from aaclip_med.organ import GRID_TOL_MM
 
 __all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
 
@@ -32,7 +33,6 @@ CASE_SHEET_COLUMNS = (
 )
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
 MARKER = "run.json"
-_AFFINE_TOL_MM = 1e-3  # a mask on the image's grid matches to float rounding (DICOM positions are text)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def _metrics(
     why = ""
     if ref.shape != heatmap.shape:
         why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
-    elif not np.allclose(ref_volume.affine, _affine(case_dir / "heatmap.nii.gz"), atol=_AFFINE_TOL_MM):
+    elif not np.allclose(ref_volume.affine, _affine(case_dir / "heatmap.nii.gz"), atol=GRID_TOL_MM):
         why = f"mask {case.mask} has the image's shape but another position/spacing (affine); resample the mask"
     if why:
         logger.warning("%s: %s", case.case_id, why)
