@@ -217,6 +217,8 @@ def run(
     """
     from aaclip_med.pipeline import run_study
 
+    if organ_mask is None and (organ is not None or organ_label is not None):
+        _fail("--organ and --organ-label select inside an organ mask; pass --organ-mask MASK (or drop them).")
     cfg = _scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,

@@ -263,3 +263,9 @@ def test_training_manifest_organ_mask_keeps_organ_slices_only(case, tmp_path: Pa
     items = load_items(read_manifest(manifest), "ct")
     kept = {cid: [i.slice_index for i in items if i.case_id == cid] for cid in ("ct", "plain")}
     assert kept["ct"] == list(ORGAN_SLICES) and len(kept["plain"]) == 12
+
+
+def test_organ_without_organ_mask_is_refused(case, tmp_path: Path) -> None:
+    image, _, _ = case
+    res = CliRunner().invoke(app, ["run", str(image), "-o", str(tmp_path / "o"), *TINY, "--organ", "liver"])
+    assert res.exit_code == 2 and "pass --organ-mask" in res.output and not (tmp_path / "o").exists()
