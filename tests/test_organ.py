@@ -269,3 +269,21 @@ def test_organ_without_organ_mask_is_refused(case, tmp_path: Path) -> None:
     image, _, _ = case
     res = CliRunner().invoke(app, ["run", str(image), "-o", str(tmp_path / "o"), *TINY, "--organ", "liver"])
     assert res.exit_code == 2 and "pass --organ-mask" in res.output and not (tmp_path / "o").exists()
+
+
+def test_organ_mask_evidence_script_table_and_missing_data(tmp_path: Path) -> None:
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "organ_mask_evidence.py"
+    spec = importlib.util.spec_from_file_location("organ_mask_evidence", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = {"runs": {"demo_liver": {"n_scored_slices": 98, "metrics": {
+        "model/organ": {"pixel_auroc": 0.5, "pixel_ap": 0.25}}}}}  # fmt: skip
+    row = bench._table(record).splitlines()[-1]
+    assert row.startswith("| demo_liver | 98 |") and "0.500 / 0.250" in row and "–" in row
+    args = argparse.Namespace(data=tmp_path, work=tmp_path / "w", image_size=224)
+    with pytest.raises(SystemExit, match="3D-IRCADb patient 1 not found"):
+        bench.run(args)
