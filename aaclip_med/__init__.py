@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "stack_slices": "aaclip_med.volume",
     "read_volume": "aaclip_med.io",
     "write_nifti": "aaclip_med.io",
+    "read_organ_mask": "aaclip_med.organ",
     "slice_transform": "aaclip_med.transforms",
     "create_model": "aaclip_med.model.factory",
     "list_models": "aaclip_med.model.factory",
@@ -57,6 +58,7 @@ __all__ = [
     "get_preset",
     "list_models",
     "load_run_config",
+    "read_organ_mask",
     "read_volume",
     "run_cohort",
     "run_study",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from aaclip_med.io import describe_volume, read_volume, write_nifti
     from aaclip_med.model.aaclip import SliceOutput
     from aaclip_med.model.factory import create_model, list_models
+    from aaclip_med.organ import read_organ_mask
     from aaclip_med.pipeline import RunOutputs, run_study
     from aaclip_med.training import train
     from aaclip_med.transforms import slice_transform

@@ -31,10 +31,13 @@ from aaclip_med.cli_options import (
     FractionalSegOpt,
     InputArg,
     KeepNamesOpt,
+    MaskInputOpt,
     ModelOpt,
     NoProgressOpt,
     NoReportOpt,
     NoSegOpt,
+    OrganLabelOpt,
+    OrganOpt,
     OverlaysOpt,
     OverwriteOpt,
     ParametricMapOpt,
@@ -169,6 +172,12 @@ def run(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    organ_mask: Annotated[
+        Path | None, typer.Option(help="Organ mask on the image grid (NIfTI, DICOM series/zip, TotalSegmentator).")
+    ] = None,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
+    mask_outside_organ: MaskInputOpt = False,
 ) -> None:
     """Score one study: heatmap, mask, DICOM SEG and report.
 
@@ -176,22 +185,25 @@ def run(
     """
     from aaclip_med._files import check_output_folder, default_output_dir
 
+    if organ_mask is None and (organ is not None or organ_label is not None):
+        fail("--organ and --organ-label select inside an organ mask; pass --organ-mask MASK (or drop them).")
     cfg = scoring_config(
         config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
-        score_region=score_region,
-        backend=backend,
+        score_region=score_region, backend=backend, organ=organ, organ_label=organ_label,
+        mask_outside_organ=mask_outside_organ,
     )  # fmt: skip
-    check_paths(input_path)
-    check_output_folder(out or default_output_dir(input_path), [input_path], overwrite=overwrite)
+    check_paths(input_path, organ_mask)
+    inputs = [input_path] if organ_mask is None else [input_path, organ_mask]
+    check_output_folder(out or default_output_dir(input_path), inputs, overwrite=overwrite)
     _heavy_imports("the scoring pipeline")
     from aaclip_med.pipeline import run_study
 
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index, case_id=case_id,
-                        overwrite=overwrite)  # fmt: skip
+                        overwrite=overwrite, organ_mask=organ_mask)  # fmt: skip
     res = outputs.result
     if res.untrained_backbone:
         typer.secho(
@@ -247,8 +259,13 @@ def batch(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
+    mask_outside_organ: MaskInputOpt = False,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
+
+    A manifest's organ_mask column scores each case inside its organ.
 
     One OUT/cases/<case_id>/ per study plus cohort sheets and report. Exit code 3 when any case failed.
     """
@@ -260,6 +277,7 @@ def batch(
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region,
         backend=backend,
+        organ=organ, organ_label=organ_label, mask_outside_organ=mask_outside_organ,
     )  # fmt: skip
     from aaclip_med._files import check_cohort_folder
 
@@ -296,6 +314,8 @@ def eval_(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier evaluation in OUT (files you added are kept).")
     ] = False,
+    organ: OrganOpt = None,
+    organ_label: OrganLabelOpt = None,
 ) -> None:
     """Evaluate predictions against reference masks.
 
@@ -306,7 +326,8 @@ def eval_(
     from aaclip_med.cohort import evaluate
 
     res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx,
-                   labels_threshold=labels_threshold, overwrite=overwrite)  # fmt: skip
+                   labels_threshold=labels_threshold, overwrite=overwrite, organ=organ,
+                   organ_label=organ_label)  # fmt: skip
     for row in res.sheets.summary:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
                            if isinstance(row.get(k), float) and row[k] == row[k])  # fmt: skip

@@ -70,9 +70,12 @@ _SCORING_KEYS = {
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
     "include_phi": "export.include_phi", "keep_names": "export.keep_names", "base_dir": "export.base_dir",
     "no_seg": "export.dicom_seg", "no_report": "export.html", "overlays": "export.overlays",
-    "score_region": "inference.score_region", "backend": "inference.backend",
+    "score_region": "inference.score_region", "backend": "inference.backend", "organ": "inference.organ",
+    "organ_label": "inference.organ_label", "mask_outside_organ": "inference.mask_outside_organ",
 }  # fmt: skip
-_SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names"})
+_SWITCHES = frozenset(
+    {"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names", "mask_outside_organ"}
+)
 _OFF_SWITCHES = frozenset({"no_seg", "no_report"})  # --no-X: given turns X off, absent keeps the config's value
 
 
@@ -143,6 +146,13 @@ OverwriteOpt = Annotated[
 ]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 BackendOpt = Annotated[str | None, typer.Option(help="Vision engine: auto, eager, cast, compile, openvino.")]
+OrganOpt = Annotated[
+    str | None, typer.Option(help="Structure in a folder/zip of organ masks (TotalSegmentator or IRCADb 'liver').")
+]
+OrganLabelOpt = Annotated[int | None, typer.Option(min=0, help="Organ = this value of a label map (default > 0).")]
+MaskInputOpt = Annotated[
+    bool, typer.Option("--mask-outside-organ", help="Blank the input outside the organ (BMAD liver input).")
+]
 RegionOpt = Annotated[
     str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
 ]

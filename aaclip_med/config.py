@@ -208,6 +208,10 @@ class InferenceConfig:
     # where a slice's map is scored: "foreground" (slice score = max inside the body/brain, heat outside it is
     # "not scored"), or "image" (the reference's whole-image max, air included; for paper reproduction)
     score_region: ScoreRegion = "foreground"
+    # organ masks (--organ-mask, manifest column organ_mask): when given, scoring happens inside the organ only
+    organ: str | None = None  # structure of a folder/zip of masks: TotalSegmentator "liver", IRCADb MASKS_DICOM
+    organ_label: int | None = None  # keep this value of a multi-label map (None: every voxel > 0)
+    mask_outside_organ: bool = False  # BMAD liver input: the image outside the organ is blanked before the model
     topk: int = 3  # slices averaged by "topk_mean"; less sensitive to one noisy slice than "max"
     min_component_mm3: float = 0.0  # 3D components smaller than this are removed from the mask (0: keep all)
     seed: int = 0  # seeds a random backbone so that demo/test runs are reproducible
@@ -230,6 +234,8 @@ class InferenceConfig:
             bad = f"backend={self.backend!r} is not valid; use {', '.join(BACKENDS)}"
         elif self.volume_score not in ("max", "topk_mean"):
             bad = f"volume_score={self.volume_score!r} is not valid; use max or topk_mean"
+        elif self.organ_label is not None and self.organ_label < 0:
+            bad = f"organ_label={self.organ_label} must be >= 0 (a label value of the organ mask)"
         elif self.score_region not in ("foreground", "image"):
             bad = f"score_region={self.score_region!r} is not valid; use foreground or image"
         else:

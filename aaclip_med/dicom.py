@@ -12,7 +12,7 @@ import logging
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pydicom
@@ -148,14 +148,19 @@ def try_read_dataset(ref: str, *, header_only: bool = False) -> Dataset | None:
         return None
 
 
-def _refs(path: Path) -> tuple[list[str], str]:
-    """File references under ``path`` and the kind of input ("file", "folder", "zip", "dicomdir")."""
+def _refs(path: Path, folder: str | None = None) -> tuple[list[str], str]:
+    """File references under ``path`` and the kind of input ("file", "folder", "zip", "dicomdir").
+
+    ``folder``: keep only the files inside a sub-folder of that name (at any depth; folders and zips only).
+    """
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        found = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(str(p) for p in found if folder is None or folder in p.relative_to(path).parent.parts)
         return files, "folder"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             members = [m.filename for m in zf.infolist() if not m.is_dir()]
+        members = [m for m in members if folder is None or folder in PurePosixPath(m).parent.parts]
         return [f"{path}{ZIP_SEP}{m}" for m in members if not Path(m).name.startswith(".")], "zip"
     return [str(path)], "file"
 
@@ -166,8 +171,10 @@ def _dicomdir_refs(ds: Dataset) -> list[str]:
     return [str(Path(inst.path)) for inst in FileSet(ds)]
 
 
-def discover(path: Path) -> tuple[list[Header], str]:
+def discover(path: Path, folder: str | None = None) -> tuple[list[Header], str]:
     """Read the headers of every DICOM object in a file, folder (recursive), zip or DICOMDIR.
+
+    ``folder``: only the objects inside sub-folders of that name (e.g. ``liver`` in 3D-IRCADb's MASKS_DICOM).
 
     Returns:
         The headers (DICOMDIR objects themselves excluded) and the input kind.
@@ -176,7 +183,7 @@ def discover(path: Path) -> tuple[list[Header], str]:
         UnsupportedFormatError: a single file that is not DICOM.
         DicomSeriesError: a folder or zip without any DICOM object.
     """
-    refs, kind = _refs(path)
+    refs, kind = _refs(path, folder)
     single = kind == "file"
     headers: list[Header] = []
     for ref in refs:
@@ -193,7 +200,8 @@ def discover(path: Path) -> tuple[list[Header], str]:
             continue
         headers.append(Header(ref, ds))
     if not headers:
-        msg = f"No DICOM files found in '{path}' ({len(refs)} files searched recursively); pass DICOM files."
+        where = f"'{path}'" if folder is None else f"the '{folder}' folders of '{path}'"
+        msg = f"No DICOM files found in {where} ({len(refs)} files searched recursively); pass DICOM files."
         raise DicomSeriesError(msg)
     return headers, kind
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from aaclip_med._typing import SliceScorer
 from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset, preset_for_modality
+from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.postprocess import (
     UNSCORED_MARGIN,
     aggregate_volume_score,
@@ -97,6 +98,7 @@ def score_volume(
     *,
     config: InferenceConfig | None = None,
     progress: bool | None = None,
+    organ: np.ndarray | None = None,
 ) -> VolumeResult:
     """Score every slice of ``volume`` and reassemble the anomaly map, mask and scores.
 
@@ -106,6 +108,9 @@ def score_volume(
         preset: Modality preset name or object; ``None`` picks it from the volume's modality.
         config: Batch size, threshold, volume-score rule, component cleanup; defaults when ``None``.
         progress: Show a progress bar; ``None`` uses ``config.progress``.
+        organ: Organ mask on the volume's grid (:func:`~aaclip_med.organ.read_organ_mask`), or None. Given, it is
+            the score region: slice and volume scores, heatmap and mask come from inside it, and slices without
+            organ are not scored; ``config.mask_outside_organ`` also blanks the input outside it (BMAD liver).
 
     Returns:
         A :class:`VolumeResult` whose heatmap and mask share the volume's grid (write them with
@@ -113,6 +118,8 @@ def score_volume(
 
     Raises:
         UnknownModalityError: ``preset`` is unknown, or ``None`` and the modality has no default preset.
+        GeometryError: ``organ`` does not have the volume's shape.
+        ConfigError: ``config.mask_outside_organ`` without an organ mask.
 
     Example:
         >>> res = score_volume(model, read_volume("study/"), "liver_ct")  # doctest: +SKIP
@@ -130,6 +137,10 @@ def score_volume(
     bounds = volume_window(volume.data, fg, preset_obj.window)
     transform = slice_transform(preset_obj, model.input_size)
     region = fg if cfg.score_region == "foreground" else np.ones(fg.shape, bool)
+    if organ is not None or cfg.mask_outside_organ:
+        region, todo, volume_in = _organ_region(volume, organ, todo, cfg.mask_outside_organ)
+    else:
+        volume_in = volume
     region_slices = volume.with_data(region.astype(np.float32))
 
     maps: list[np.ndarray | None] = [None] * n
@@ -138,7 +149,7 @@ def score_volume(
     bar = tqdm(total=len(todo), desc=f"scoring {volume.source}", unit="slice", disable=not show, leave=False)
     with bar:
         for batch in _batches(todo, cfg.batch_size):
-            images = [volume.get_slice(k, axis) for k in batch]
+            images = [volume_in.get_slice(k, axis) for k in batch]
             x = _stack([transform(img, bounds) for img in images])
             out = model.score_slices(x, preset_obj)
             for k, img, m in zip(batch, images, out.maps.float().cpu().numpy(), strict=True):
@@ -163,11 +174,14 @@ def score_volume(
     qa.update(
         window={"mode": preset_obj.window.mode, "scope": preset_obj.window.scope, "lower": preset_obj.window.lower,
                 "upper": preset_obj.window.upper, "bounds": None if bounds is None else [*bounds]},
-        score_region=cfg.score_region,
+        score_region="organ" if organ is not None else cfg.score_region,
+        mask_outside_organ=cfg.mask_outside_organ,
         foreground_fraction=float(fg.mean()) if fg.size else 0.0,
         unscored_value=unscored,
         unscored_rule=f"not scored (skipped slice, outside the score region): lowest scored - {UNSCORED_MARGIN:g}",
     )  # fmt: skip
+    if organ is not None:
+        qa.update(organ_fraction=float(region.mean()), n_organ_slices=len(todo))
     return VolumeResult(
         score=aggregate_volume_score(slice_scores, scored, method=cfg.volume_score, k=cfg.topk),
         slice_scores=slice_scores,
@@ -183,6 +197,30 @@ def score_volume(
         unscored_value=unscored,
         window=bounds,
     )
+
+
+def _organ_region(
+    volume: Volume, organ: np.ndarray | None, todo: list[int], mask_input: bool
+) -> tuple[np.ndarray, list[int], Volume]:
+    """The organ as score region, the slices to score (foreground and organ), and the model's input volume.
+
+    With ``mask_input`` the input outside the organ becomes the volume's minimum, black in every window (BMAD
+    renders its liver slices this way).
+    """
+    if organ is None:
+        msg = "mask_outside_organ needs an organ mask; pass --organ-mask (or drop --mask-outside-organ)."
+        raise ConfigError(msg)
+    region = np.asarray(organ, dtype=bool)
+    if region.shape != volume.shape:
+        msg = f"Organ mask shape {region.shape} differs from the grid {volume.shape} of {volume.source}."
+        raise GeometryError(msg)
+    other = tuple(a for a in range(3) if a != volume.slice_axis)
+    present = np.asarray(region.any(axis=other), dtype=bool)
+    kept = [k for k in todo if present[k]]
+    logger.info("organ mask: %d of %d slices hold organ and foreground", len(kept), volume.n_slices)
+    if not mask_input:
+        return region, kept, volume
+    return region, kept, volume.with_data(np.where(region, volume.data, volume.data.min()))
 
 
 def _stack(tensors: list[Any]) -> Any:

@@ -26,7 +26,14 @@ from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series
 from aaclip_med.errors import ConfigError, DicomSeriesError, GeometryError, OutputError, UnsupportedFormatError
 from aaclip_med.volume import Volume, replace_nan
 
-__all__ = ["describe_volume", "list_series", "load_source_datasets", "read_volume", "write_nifti"]
+__all__ = [
+    "describe_volume",
+    "list_series",
+    "load_source_datasets",
+    "read_dicom_folder",
+    "read_volume",
+    "write_nifti",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +178,8 @@ def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, lis
     return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps, []
 
 
-def _read_dicom(path: Path, series: str | int | None) -> tuple[Volume, list[str]]:
-    headers, kind = discover(path)
+def _read_dicom(path: Path, series: str | int | None, folder: str | None = None) -> tuple[Volume, list[str]]:
+    headers, kind = discover(path, folder)
     found, skipped = group_series(headers)
     if kind == "file" and skipped:
         msg = f"'{path}' is {skipped[0].split(': ', 1)[1]}, not an image; pass an image series (CT/MR)."
@@ -259,6 +266,21 @@ def read_volume(
         )
         raise UnsupportedFormatError(msg)
     return _finalise(vol, modality, warns)
+
+
+def read_dicom_folder(path: PathLike, folder: str) -> Volume:
+    """The DICOM series stored in sub-folders named ``folder`` of a DICOM folder or zip.
+
+    One structure of a per-structure mask archive, e.g. ``liver`` of 3D-IRCADb's ``MASKS_DICOM.zip``
+    (``MASKS_DICOM/liver/image_N``).
+
+    Raises:
+        DicomSeriesError: no DICOM object in such a folder, or several series there.
+    """
+    path = Path(path)
+    _check_path(path)
+    vol, warns = _read_dicom(path, None, folder)
+    return _finalise(vol, None, warns)
 
 
 def _is_dicom_magic(path: Path) -> bool:

@@ -26,8 +26,9 @@ from aaclip_med._files import (
 from aaclip_med._typing import PathLike
 from aaclip_med.checks import result_warnings, volume_warnings
 from aaclip_med.config import ExportConfig, RunConfig
-from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.errors import ConfigError, GeometryError, OutputError, UnsupportedFormatError
 from aaclip_med.inference import VolumeResult, resolve_preset, score_volume
+from aaclip_med.organ import OrganMask, read_organ_mask
 from aaclip_med.privacy import Naming
 from aaclip_med.volume import Volume
 
@@ -110,6 +111,7 @@ def run_study(
     case_id: str | None = None,
     volume_index: int | None = None,
     overwrite: bool = False,
+    organ_mask: PathLike | None = None,
 ) -> RunOutputs:
     """Score one study and write the run folder (layout: reports/README.md).
 
@@ -124,6 +126,9 @@ def run_study(
         volume_index: Volume of a 4D NIfTI to score.
         overwrite: Replace an earlier aaclip-med output in ``out_dir`` (only the files aaclip-med wrote there);
             without it such a folder is refused.
+        organ_mask: Organ mask on the image grid (:func:`~aaclip_med.organ.read_organ_mask`; ``config.inference``
+            ``organ`` and ``organ_label`` select inside it): scoring happens inside the organ, the mask is
+            written as ``organ_mask.nii.gz`` and recorded in ``run.json``.
 
     Returns:
         The output folder, the result and the written files.
@@ -143,13 +148,20 @@ def run_study(
     src = Path(input_path)
     check_input_exists(src)
     out = Path(out_dir) if out_dir is not None else default_output_dir(src)
-    check_output_folder(out, [src], overwrite=overwrite)
+    organ_src = Path(organ_mask) if organ_mask is not None else None
+    check_output_folder(out, [src] if organ_src is None else [src, organ_src], overwrite=overwrite)
     _check_names(cfg, model)
+    if cfg.inference.mask_outside_organ and organ_src is None:
+        msg = f"{src}: mask_outside_organ needs an organ mask; pass --organ-mask (or drop --mask-outside-organ)."
+        raise ConfigError(msg)
     names = naming(cfg.export)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     logger.info("reading %s", src)
     volume = read_volume(src, series=series, volume_index=volume_index)
+    organ = None
+    if organ_src is not None:
+        organ = read_organ_mask(organ_src, volume, organ=cfg.inference.organ, label=cfg.inference.organ_label)
     timings["read_s"] = time.perf_counter() - t0
     preset = resolve_preset(cfg.preset, volume)
     cfg = dataclasses.replace(cfg, preset=preset.name)
@@ -162,7 +174,7 @@ def run_study(
         model = load_model(cfg)
         timings["model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = score_volume(model, volume, preset, config=cfg.inference)
+    result = score_volume(model, volume, preset, config=cfg.inference, organ=None if organ is None else organ.mask)
     timings["score_s"] = time.perf_counter() - t0
     late = result_warnings(int(result.scored.sum()), volume.n_slices, result.preset)
     for text in late:
@@ -172,7 +184,8 @@ def run_study(
     with staged_output(out) as tmp:
         t0 = time.perf_counter()
         the_id = case_id or names.case_id(names.path(src), case_name(src))
-        files = _export(tmp, volume, result, cfg, model, the_id, timings, dicom=blocker is None, names=names)
+        files = _export(tmp, volume, result, cfg, model, the_id, timings, dicom=blocker is None, names=names,
+                        organ=organ)
         timings["export_s"] = time.perf_counter() - t0
     logger.info("wrote %s (volume score %.4g, %d slices flagged)", out, result.score, int(result.flagged.sum()))
     return RunOutputs(out_dir=out, result=result, volume=volume, files={k: out / v for k, v in files.items()})
@@ -189,6 +202,7 @@ def _export(
     *,
     dicom: bool,
     names: Naming,
+    organ: OrganMask | None = None,
 ) -> dict[str, str]:
     from aaclip_med import report
     from aaclip_med.io import write_nifti
@@ -197,6 +211,9 @@ def _export(
     files = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz"}
     write_nifti(result.heatmap, tmp / files["heatmap"], like=volume, compact=True)
     write_nifti(result.mask, tmp / files["mask"], like=volume)
+    if organ is not None:
+        files["organ_mask"] = "organ_mask.nii.gz"  # the mask as scored: eval's organ region when labels lack one
+        write_nifti(organ.mask, tmp / files["organ_mask"], like=volume)
     if dicom and volume.meta.get("format") == "dicom":
         files.update(_dicom_outputs(tmp, volume, result, cfg, n_levels=len(model.layout.taps)))
     positions = [
@@ -229,10 +246,12 @@ def _export(
         "window": result.qa.get("window"),
         "score_region": result.qa.get("score_region"),
         "unscored_value": result.unscored_value,
+        "organ_mask": None if organ is None else organ.record(volume.spacing),
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
-    prov = report.provenance(cfg, model.metadata(), [volume.source], timings, extra=extra, name_input=names.path)
+    inputs = [volume.source] if organ is None else [volume.source, organ.source]
+    prov = report.provenance(cfg, model.metadata(), inputs, timings, extra=extra, name_input=names.path)
     if exp.html:
         files["report"] = "report.html"
         report.write_case_html(

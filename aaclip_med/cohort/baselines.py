@@ -65,6 +65,8 @@ class RegionSet:
         preset: str,
         slice_axis: int,
         organ_mask: Path | None = None,
+        organ: str | None = None,
+        label: int | None = None,
     ) -> dict[str, Any]:
         """Add one case; returns its per-case columns (:data:`CASE_COLUMNS`) or ``{"baseline_reasons": ...}``.
 
@@ -75,12 +77,15 @@ class RegionSet:
             image: The input the heatmap was computed from (the baseline map and the foreground come from it).
             preset: The preset the case was scored with (its foreground rule).
             slice_axis: The slice axis (AUPRO regions, the body's hole filling).
-            organ_mask: The case's organ mask, or None.
+            organ_mask: The case's organ mask (read by :func:`~aaclip_med.organ.read_organ_mask`), or None.
+            organ: Structure inside a folder or zip of organ masks.
+            label: Organ label of a multi-label map (None: > 0).
         """
         from aaclip_med import metrics
         from aaclip_med.config import get_preset
         from aaclip_med.intensity import foreground_mask
         from aaclip_med.io import read_volume
+        from aaclip_med.organ import read_organ_mask
 
         if str(image).startswith("sha256:"):
             why = (
@@ -90,13 +95,15 @@ class RegionSet:
             logger.warning("%s: %s", case_id, why)
             return {"baseline_reasons": why}
         try:
-            data = read_volume(image).data
-            organ = read_volume(organ_mask).data > 0 if organ_mask is not None else None
+            volume = read_volume(image)
+            data = volume.data
+            organ_region = (read_organ_mask(organ_mask, volume, organ=organ, label=label).mask
+                            if organ_mask is not None else None)  # fmt: skip
         except AACLIPMedError as err:
             why = f"baselines skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case_id, why)
             return {"baseline_reasons": why}
-        for name, arr in (("image", data), ("organ mask", organ)):
+        for name, arr in (("image", data), ("organ mask", organ_region)):
             if arr is not None and arr.shape != heatmap.shape:
                 why = f"baselines skipped: the {name} grid {arr.shape} differs from the heatmap's {heatmap.shape}"
                 logger.warning("%s: %s", case_id, why)
@@ -109,10 +116,9 @@ class RegionSet:
         values = data[fg] if fg is not None and np.count_nonzero(fg) > 1 else data
         z = ((data - np.float32(values.mean())) / np.float32(values.std() or 1.0)).astype(np.float32)
         maps: dict[str, np.ndarray] = {"model": heatmap, "intensity": z}
-        if organ is not None:
-            regions["organ"] = organ
-            if organ.any():
-                maps["intensity_deviation"] = np.abs(z - np.float32(np.median(z[organ])))
+        if organ_region is not None:
+            regions["organ"] = organ_region
+            maps["intensity_deviation"] = np.abs(z - np.float32(np.median(z[organ_region])))
         row: dict[str, Any] = {}
         for map_name, values in maps.items():
             for region, valid in regions.items():

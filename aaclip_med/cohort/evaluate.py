@@ -119,6 +119,8 @@ def evaluate(
     xlsx: bool = False,
     labels_threshold: float | None = None,
     overwrite: bool = False,
+    organ: str | None = None,
+    organ_label: int | None = None,
 ) -> EvalResult:
     """Evaluate a run or batch output folder against reference masks and write the evaluation sheets.
 
@@ -132,6 +134,9 @@ def evaluate(
         labels_threshold: Binarise label maps at this value (``> t``); without it a label map holding
             non-integer values (an image passed by mistake) is refused.
         overwrite: Replace an earlier evaluation in ``out_dir`` (only the files it wrote); else it is refused.
+        organ: Structure to read from the labels' ``organ_mask`` folders or zips (TotalSegmentator, IRCADb).
+        organ_label: Label of the organ in the labels' ``organ_mask`` label maps (None: > 0). A case without
+            an ``organ_mask`` column uses the organ mask its run was scored with (``organ_mask.nii.gz``).
 
     Returns:
         The sheets (``slices``, ``cases``, ``summary``) and the written files.
@@ -149,7 +154,8 @@ def evaluate(
     cases = _cases(cases_dir, ids, labels)
     out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
     check_output_folder(out, [labels], overwrite=overwrite)
-    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, labels_threshold=labels_threshold)
+    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, labels_threshold=labels_threshold,
+                      organ=organ, organ_label=organ_label)  # fmt: skip
     skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
     if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
         msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"

@@ -95,7 +95,8 @@ def run_case(case: Case, cases_dir: Path, config: RunConfig, model: AACLIP | Non
     cfg = dataclasses.replace(config, preset=case.preset or config.preset)
     try:
         run_study(case.image, cases_dir / case.case_id, config=cfg, model=model or cached_model(cfg),
-                  series=case.series, case_id=case.case_id, overwrite=True)  # the cohort owns cases/
+                  series=case.series, case_id=case.case_id, organ_mask=case.organ_mask,
+                  overwrite=True)  # the cohort owns cases/
     except AACLIPMedError as err:
         return _failed(case, err, t0)
     except Exception as err:  # a bug or an unforeseen input: record it, keep the cohort going
@@ -287,7 +288,8 @@ def run_cohort(
     out = Path(out_dir)
     _check_scheduler(scheduler)
     cases = _anonymous(load_cases(source), Path(source), cfg)
-    inputs = [c.image for c in cases] + ([] if Path(source).is_file() else [Path(source)])
+    organs = [c.organ_mask for c in cases if c.organ_mask is not None]
+    inputs = [c.image for c in cases] + organs + ([] if Path(source).is_file() else [Path(source)])
     check_cohort_folder(out, inputs, resume=resume, overwrite=overwrite, num_parts=num_parts)
     mine = shard(cases, num_parts, part_id)
     cases_dir = out / "cases"
@@ -297,7 +299,7 @@ def run_cohort(
     logger.info("%d cases (%d finished before, %d to run)", len(mine), len(finished), len(todo))
     outcomes = _execute(todo, cases_dir, cfg, workers=workers, scheduler=scheduler, model=model, progress=progress)
     failed = {o.case_id: {"error": o.error, "message": o.message} for o in outcomes if o.status == "failed"}
-    sheets = assemble(mine, cases_dir, failed)
+    sheets = assemble(mine, cases_dir, failed, organ=cfg.inference.organ, organ_label=cfg.inference.organ_label)
     names = naming(cfg.export)
     images = {c.case_id: c.image for c in mine}
     for row in sheets.failures:  # no input path (a patient's name, often) in the sheets unless names are kept

@@ -23,6 +23,7 @@ from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
 from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
 from aaclip_med.cohort.manifest import Case
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
+from aaclip_med.organ import GRID_TOL_MM
 from aaclip_med.volume import Volume
 
 __all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
@@ -34,7 +35,6 @@ CASE_SHEET_COLUMNS = (
 )
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
 
-_AFFINE_TOL_MM = 1e-3  # a mask on the image's grid matches to float rounding (DICOM positions are text)
 
 
 @dataclass
@@ -156,6 +156,7 @@ def _metrics(
     group: _Group,
     scale: _Scale,
     slices: list[dict[str, Any]],
+    organ_src: Mapping[str, Any],
     labels_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Per-case metric columns; feeds the group's accumulators and the slice rows."""
@@ -175,7 +176,7 @@ def _metrics(
     why = ""
     if ref.shape != heatmap.shape:
         why = f"mask {case.mask} shape {ref.shape} differs from the image {heatmap.shape}; resample the mask"
-    elif not np.allclose(ref_volume.affine, _affine(case_dir / "heatmap.nii.gz"), atol=_AFFINE_TOL_MM):
+    elif not np.allclose(ref_volume.affine, _affine(case_dir / "heatmap.nii.gz"), atol=GRID_TOL_MM):
         why = f"mask {case.mask} has the image's shape but another position/spacing (affine); resample the mask"
     if why:
         logger.warning("%s: %s", case.case_id, why)
@@ -198,14 +199,26 @@ def _metrics(
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)
-    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, str(qa.get("preset") or record.get(
-        "config", {}).get("preset")), axis, organ_mask=case.organ_mask))  # fmt: skip
+    preset = str(qa.get("preset") or record.get("config", {}).get("preset"))
+    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, preset, axis,
+                                    **organ_src))  # fmt: skip
     slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
     group.image_labels.append(np.asarray(ref.any(axis=other), dtype=np.float64))
     group.image_scores.append(slice_scores)
     return {k: v for k, v in row.items() if k not in ("case_id", "score", "threshold")}
+
+
+def _organ_source(case: Case, case_dir: Path, organ: str | None, label: int | None) -> dict[str, Any]:
+    """The organ region of a case: its ``organ_mask`` column (with the selection given), else the run's own.
+
+    A run scored with ``--organ-mask`` wrote the mask it used as ``organ_mask.nii.gz``; that one is binary.
+    """
+    if case.organ_mask is not None:
+        return {"organ_mask": case.organ_mask, "organ": organ, "label": label}
+    own = case_dir / "organ_mask.nii.gz"
+    return {"organ_mask": own if own.is_file() else None}
 
 
 def _summary(groups: Mapping[str, _Group], normalisation: str) -> list[dict[str, Any]]:
@@ -245,6 +258,8 @@ def assemble(
     *,
     normalisation: str = "none",
     labels_threshold: float | None = None,
+    organ: str | None = None,
+    organ_label: int | None = None,
 ) -> CohortSheets:
     """Build the cohort rows from the case folders.
 
@@ -255,6 +270,8 @@ def assemble(
         normalisation: Maps as stored (``none``, raw units), min-max over the whole evaluated set (``set``, the
             reference code's evaluation; AUROC/AP unchanged, thresholds rescaled) or per volume (``volume``).
         labels_threshold: Binarise masks at this value (:func:`label_mask`).
+        organ: Structure selected in the cases' ``organ_mask`` folders or zips (as ``--organ``).
+        organ_label: Label selected in the cases' ``organ_mask`` label maps (as ``--organ-label``).
 
     Returns:
         The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
@@ -278,7 +295,8 @@ def assemble(
                "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
         try:
             group = groups.setdefault(preset, _Group())
-            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices,
+            organ_src = _organ_source(case, cases_dir / case.case_id, organ, organ_label)
+            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices, organ_src,
                                 labels_threshold))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"

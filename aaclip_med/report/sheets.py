@@ -33,7 +33,7 @@ SLICE_COLUMNS: tuple[str, ...] = (
     "slice",  # index along the slice axis, 0-based, in the volume's stored order
     "position_mm",  # world position of the slice centre (RAS+ mm) along the world axis closest to the slice axis
     "score",  # slice score in raw map units: max of the map in the score region (the unscored value if not scored)
-    "scored",  # True when the slice had enough foreground to be scored
+    "scored",  # True when the slice had enough foreground (and organ, with an organ mask) to be scored
     "flagged",  # True when scored and the slice has a mask voxel (without a mask given: score > threshold)
     "mask_voxels",  # voxels of the slice in the anomaly mask (empty when no mask was given)
 )

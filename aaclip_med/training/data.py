@@ -7,7 +7,8 @@ naming the file/row and the fix before any training starts.
 2D pictures are read with PIL (grey -> 3 channels), resized bicubically to the model size, and their masks are
 resized with nearest neighbour and binarised (``!= 0``). Volumes are read with :func:`~aaclip_med.io.read_volume`
 and cut with :meth:`~aaclip_med.volume.Volume.iter_slices`, image and mask together on the image's grid; slices
-with too little foreground (the preset's rule) are skipped; a slice is anomalous when its mask has a voxel > 0;
+with too little foreground (the preset's rule), and with a manifest ``organ_mask`` the slices without organ, are
+skipped (as at inference; the input itself is not masked); a slice is anomalous when its mask has a voxel > 0;
 each volume's intensity window is derived once from its foreground, as at inference (DESIGN §0). The
 kept slices of volumes are held in memory as float32 at their source size (about 0.25 MB per 240x240 slice), so
 the volumes are read once.
@@ -28,6 +29,7 @@ from aaclip_med.config import get_preset, preset_for_modality
 from aaclip_med.errors import AACLIPMedError, ManifestError
 from aaclip_med.io import read_volume
 from aaclip_med.manifest import Case
+from aaclip_med.organ import read_organ_mask
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.layouts import is_2d_image
 from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, slice_transform, volume_window
@@ -116,6 +118,7 @@ def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
     try:
         volume = read_volume(record.image)
         mask_volume = read_volume(record.mask) if record.mask is not None else None
+        organ = read_organ_mask(record.organ_mask, volume).mask if record.organ_mask is not None else None
     except AACLIPMedError as err:
         raise ManifestError(f"{record.where}: {err}") from err
     if mask_volume is not None and mask_volume.shape != volume.shape:
@@ -134,11 +137,13 @@ def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
     bounds = volume_window(volume.data, fg_mask, preset_obj.window)
     fg = volume.with_data(fg_mask.astype(np.float32))
     masks = volume.with_data((mask_volume.data > 0).astype(np.float32)) if mask_volume is not None else None
+    other = tuple(a for a in range(3) if a != volume.slice_axis)
+    has_organ = np.asarray(organ.any(axis=other) if organ is not None else np.ones(volume.n_slices, bool))
     items = []
     mask_iter = masks.iter_slices() if masks is not None else None
     for k, (pixels, fg_slice) in enumerate(zip(volume.iter_slices(), fg.iter_slices(), strict=True)):
         mask_slice = next(mask_iter) > 0 if mask_iter is not None else np.zeros(pixels.shape, bool)
-        if fg_slice.mean() < rule.min_fraction:
+        if fg_slice.mean() < rule.min_fraction or not has_organ[k]:  # as at inference: organ slices only
             continue
         label = int(mask_slice.any())
         items.append(
