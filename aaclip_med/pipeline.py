@@ -246,7 +246,7 @@ def _export(
         "window": result.qa.get("window"),
         "score_region": result.qa.get("score_region"),
         "unscored_value": result.unscored_value,
-        "organ_mask": None if organ is None else organ.record(volume.spacing),
+        "organ_mask": None if organ is None else organ.record(volume.spacing) | {"path": names.path(organ.source)},
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)

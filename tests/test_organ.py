@@ -20,6 +20,7 @@ from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.io import read_volume
 from aaclip_med.organ import read_organ_mask
 from aaclip_med.pipeline import run_study
+from aaclip_med.privacy import Naming
 from tests.conftest import build_series
 from tests.test_pipeline import BrightnessModel
 
@@ -82,7 +83,8 @@ def test_bright_blob_outside_the_organ_is_flagged_without_mask_and_not_with_it(c
     assert res.score < plain.score  # the blob set the score before
     run = json.loads((out.out_dir / "run.json").read_text())
     assert run["organ_mask"]["voxels"] == int(organ.sum()) and run["organ_mask"]["reoriented"] is False
-    assert [Path(i["path"]).name for i in run["inputs"]] == ["ct.nii.gz", "liver.nii.gz"]
+    assert [i["path"] for i in run["inputs"]] == [Naming().path(image), Naming().path(organ_path)]  # hashed names
+    assert run["organ_mask"]["path"] == Naming().path(organ_path)
     assert json.loads((out.out_dir / "qa.json").read_text())["score_region"] == "organ"
     written = np.asarray(nib.load(out.out_dir / "organ_mask.nii.gz").dataobj)
     assert np.array_equal(written > 0, organ)
@@ -221,7 +223,7 @@ def test_batch_manifest_organ_mask_column_and_eval_uses_the_runs_organ(case, tmp
     assert flagged == {"with": 1, "without": 3}  # the blob's two slices are flagged only without the organ mask
 
     labels = tmp_path / "labels.csv"
-    labels.write_text("case_id,mask\nwith,lesion.nii.gz\n")
+    labels.write_text(f"case_id,image,mask\nwith,{image},lesion.nii.gz\n")  # image: the run recorded a hash
     ev = evaluate(cases / "with", labels, tmp_path / "ev")
     regions = {(r["map"], r["region"]) for r in ev.sheets.summary}
     assert {("model", "organ"), ("intensity", "organ"), ("intensity_deviation", "organ")} <= regions
@@ -238,7 +240,9 @@ def test_cli_batch_reads_the_organ_mask_column(case, tmp_path: Path) -> None:
                                    "--mask-outside-organ", "--no-progress"])  # fmt: skip
     assert res.exit_code == 0, res.output
     run = json.loads((out / "cases" / "ct" / "run.json").read_text())
-    assert run["organ_mask"]["path"].endswith("liver.nii.gz") and run["config"]["inference"]["mask_outside_organ"]
+    organ_record = run["organ_mask"]["path"]
+    assert organ_record == run["inputs"][1]["path"] and "liver" not in organ_record  # names hashed by default
+    assert run["config"]["inference"]["mask_outside_organ"]
     slices = list(csv.DictReader((out / "cases" / "ct" / "slices.csv").open()))
     assert [r["scored"] for r in slices] == [str(k in ORGAN_SLICES) for k in range(12)]
 
