@@ -165,3 +165,14 @@ def test_eval_command_imports_no_torch_monai_or_open_clip(scored: tuple[Path, Pa
     assert done.returncode == 0, done.stderr
     assert "pixel_auroc 1.0000" in done.stdout and done.stdout.strip().endswith("heavy: []"), done.stdout
     assert (tmp_path / "ev" / "summary.csv").is_file()
+
+
+def test_verdicts_say_when_neither_beats_chance() -> None:
+    from aaclip_med.cohort.baselines import verdicts
+
+    rows = [{"preset": "ct", "map": "model", "region": "organ", "pixel_auroc": 0.344},
+            {"preset": "ct", "map": "intensity", "region": "organ", "pixel_auroc": 0.163}]  # fmt: skip
+    (sentence,) = verdicts(rows)
+    assert "neither the model nor" in sentence and "above chance" in sentence and "beats" not in sentence
+    rows[0]["pixel_auroc"] = 0.7
+    assert "the model beats" in verdicts(rows)[0]

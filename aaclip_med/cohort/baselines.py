@@ -180,6 +180,8 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         ...         {"preset": "ct", "map": "intensity", "region": "all", "pixel_auroc": 0.9}]
         >>> verdicts(rows)[0].split(";")[0]
         'ct, over all voxels: the raw-intensity baseline BEATS the model (pixel AUROC 0.900 vs 0.600)'
+        >>> verdicts([{**rows[0], "pixel_auroc": 0.34}, {**rows[1], "pixel_auroc": 0.16}])[0][:46]
+        'ct, over all voxels: neither the model nor the'
     """
     by_key = {(r.get("preset"), r.get("map"), r.get("region")): r for r in rows}
     out = []
@@ -195,6 +197,9 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if base > ours:
             out.append(f"{where}: {what} BEATS the model (pixel AUROC {base:.3f} vs {ours:.3f}); here the model "
                        "ranks voxels worse than the input image alone.")  # fmt: skip
+        elif ours <= 0.5:  # "beats" would mislead: neither ranks the lesion above the rest
+            out.append(f"{where}: neither the model nor {what} ranks lesion voxels above chance (pixel AUROC "
+                       f"{ours:.3f} vs {base:.3f}).")  # fmt: skip
         else:
             out.append(f"{where}: the model beats {what} (pixel AUROC {ours:.3f} vs {base:.3f}).")
     return out
