@@ -223,6 +223,7 @@ def _export(
             untrained=result.untrained_backbone,
             preset=result.preset,
             flagged=result.flagged,
+            viewer=report.viewer_data(volume, result),
         )
     files["run"] = MARKER
     report.write_json(prov, tmp / MARKER)  # last: its presence marks a complete folder

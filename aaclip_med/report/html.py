@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
 from aaclip_med.report.sheets import _columns, to_jsonable
+from aaclip_med.report.overlays import HEAT_HALF_SPAN
 
 __all__ = [
     "UNTRAINED_BANNER",
@@ -134,11 +136,12 @@ def write_case_html(
     preset: str | None = None,
     histogram_values: Array | None = None,
     flagged: Array | None = None,
+    viewer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the one-page report of a case.
 
-    Sections: summary (volume score, flagged slices), top slices (the overlays), slice-score curve, score
-    histogram, metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
+    Sections: summary (volume score, flagged slices), the slice viewer (every slice, when ``viewer`` is given),
+    top slices (the overlays), slice-score curve (a click shows that slice in the viewer), score histogram, metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
     top of the page.
 
     Args:
@@ -157,6 +160,7 @@ def write_case_html(
         histogram_values: Values for the histogram; default the scores of the scored slices.
         flagged: ``(n_slices,)`` bool, the flagged slices (``VolumeResult.flagged``: slices with a mask voxel);
             default scored slices whose score exceeds the threshold.
+        viewer: The slice viewer's data (:func:`~aaclip_med.report.viewer_data`); None: no viewer.
 
     Returns:
         The written path.
@@ -182,6 +186,10 @@ def write_case_html(
         untrained=untrained,
         summary=summary,
         overlays=[{"name": Path(p).stem, "uri": png_data_uri(p)} for p in overlays],
+        viewer_json=_script_json(viewer) if viewer else "",
+        has_reference="reference" in (viewer or {}).get("channels", {}),
+        heat_half_span=format_value(HEAT_HALF_SPAN),
+        viewer_note=_viewer_note(viewer) if viewer else "",
         curve_svg=score_curve_svg(scores, scored_b, threshold),
         histogram_svg=histogram_svg(hist_source, threshold, label="slice score"),
         metrics=sorted((metrics or {}).items()),
@@ -190,6 +198,22 @@ def write_case_html(
         provenance_items=_provenance_items(provenance or {}, preset, threshold),
         created=(provenance or {}).get("created_utc", ""),
     )
+
+
+def _script_json(data: Mapping[str, Any]) -> Markup:
+    """JSON for a ``<script type="application/json">`` element: no ``<``, ``>`` or ``&`` can end the element."""
+    text = json.dumps(to_jsonable(data), separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _viewer_note(viewer: Mapping[str, Any]) -> str:
+    n, rows, cols = viewer["shape"]
+    note = f"{n} slices of {rows} x {cols} pixels"
+    if viewer.get("factor", 1) > 1:
+        note += f" (in-plane reduced {viewer['factor']}x for the page; the NIfTI outputs keep the full grid)"
+    if not viewer.get("reformat"):
+        note += "; no coronal or sagittal view: the slices are too thick for the in-plane spacing"
+    return note + "."
 
 
 def _is_number(value: Any) -> bool:

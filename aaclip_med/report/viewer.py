@@ -1,0 +1,172 @@
+"""Data of the report's slice viewer: every slice as compact 8-bit arrays, and the fixed heat colour scale.
+
+The viewer in ``report.html`` is a small vanilla-JS canvas viewer (``templates/viewer.js``, no library): it needs
+no licence file and no build, weighs a few kB and shows exactly the arrays written here, so the page stays one
+self-contained file. Each channel is a ``uint8`` array of shape ``(n_slices, rows, cols)`` in display orientation
+(as :meth:`Volume.get_slice` cuts it), compressed with zlib and base64-encoded; the browser inflates it with
+``DecompressionStream``. Volumes wider than ``max_px`` are block-reduced in-plane (image: mean, heat: max of the
+scored voxels, masks: any), which keeps a 512x512x130 CT at about 5-8 MB (budget: 15 MB).
+
+Channels:
+    image: intensities mapped linearly from ``image_range`` (stored units, HU for CT) to 0..255; the range holds
+        the window the model saw and the volume's 0.5-99.5 percentiles, so the window slider can widen it.
+    heat: 0 = not scored (outside the foreground, skipped slices), 1 = at or below the colour floor, 2..255 =
+        the map from the floor to the top of :func:`~aaclip_med.report.overlays.heat_scale` (map units, fixed:
+        reports compare).
+    mask, reference: 0/1.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aaclip_med._typing import Array
+from aaclip_med.report.overlays import heat_scale, slice_position_mm, window_limits
+from aaclip_med.volume import display_plan
+
+if TYPE_CHECKING:
+    from aaclip_med.inference import VolumeResult
+    from aaclip_med.volume import Volume
+
+__all__ = ["MAX_VIEWER_PX", "heat_lut", "viewer_data"]
+
+MAX_VIEWER_PX = 256  # in-plane size above which the viewer's slices are block-reduced
+# coronal and sagittal views are offered when the slice spacing is at most this many in-plane spacings
+MAX_REFORMAT_RATIO = 4.0
+_CT_WINDOWS = (("soft tissue (W400 L40)", -160.0, 240.0), ("liver (W150 L60)", -15.0, 135.0),
+               ("lung (W1500 L-600)", -1350.0, 150.0), ("bone (W1800 L400)", -500.0, 1300.0))  # fmt: skip
+
+
+def _pack(array: Array) -> str:
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 9)).decode()
+
+
+def _blocks(stack: Array, factor: int, fill: float) -> Array:
+    """``(n, rows, cols)`` -> ``(n, rows/f, cols/f, f*f)`` blocks, padding the edges with ``fill``."""
+    n, rows, cols = stack.shape
+    r, c = math.ceil(rows / factor) * factor, math.ceil(cols / factor) * factor
+    padded = np.full((n, r, c), fill, dtype=np.float32)
+    padded[:, :rows, :cols] = stack
+    blocks = padded.reshape(n, r // factor, factor, c // factor, factor).transpose(0, 1, 3, 2, 4)
+    return blocks.reshape(n, r // factor, c // factor, factor * factor)
+
+
+def _reduce(stack: Array, factor: int, how: str) -> Array:
+    if factor == 1:
+        return np.asarray(stack, dtype=np.float32)
+    blocks = _blocks(np.asarray(stack, dtype=np.float32), factor, np.nan)
+    if how == "mean":
+        return np.nanmean(blocks, axis=-1)
+    empty = np.isnan(blocks).all(axis=-1)
+    return np.where(empty, np.nan, np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=-1))
+
+
+def _stack(volume: Volume, data: Array, axis: int) -> Array:
+    like = volume.with_data(np.asarray(data, dtype=np.float32))
+    return np.stack([like.get_slice(k, axis) for k in range(volume.shape[axis])])
+
+
+def _to_byte(values: Array, lo: float, hi: float, offset: int = 0) -> Array:
+    scaled = (np.asarray(values, dtype=np.float64) - lo) / max(hi - lo, 1e-12) * (255 - offset) + offset
+    return np.clip(np.rint(np.nan_to_num(scaled, nan=offset)), offset, 255).astype(np.uint8)
+
+
+def _heat_bytes(heat: Array, threshold: float) -> Array:
+    floor, top = heat_scale(threshold)
+    codes = _to_byte(heat, floor, top, offset=1)  # at or below the floor: 1
+    codes[np.isnan(heat)] = 0
+    return codes
+
+
+def _windows(volume: Volume, result: VolumeResult, stack: Array) -> list[dict[str, Any]]:
+    window = result.window if result.window is not None else window_limits(stack, None)
+    name = "as the model saw it" if result.window is not None else "volume 1-99 % (model: per slice)"
+    out = [{"name": name, "lo": float(window[0]), "hi": float(window[1])}]
+    if str(volume.modality).upper() == "CT":
+        out += [{"name": n, "lo": lo, "hi": hi} for n, lo, hi in _CT_WINDOWS]
+    return out
+
+
+def _positions(volume: Volume, plane_axis: int, count: int, factor: int, flip: bool) -> list[float]:
+    """World position (mm) of each display row (or column) after block reduction, along its world axis."""
+    size = volume.shape[plane_axis]
+    centres = [min(k * factor + (factor - 1) / 2, size - 1) for k in range(count)]
+    indices = [size - 1 - c if flip else c for c in centres]
+    return [round(slice_position_mm(volume.affine, volume.shape, plane_axis, i)[0], 2) for i in indices]
+
+
+def viewer_data(
+    volume: Volume, result: VolumeResult, *, reference: Array | None = None, max_px: int = MAX_VIEWER_PX
+) -> dict[str, Any]:
+    """Everything the report's slice viewer shows, as JSON-ready values (see the module docstring).
+
+    Args:
+        volume: The scored volume.
+        result: Its result (heat only inside ``scored_voxels``, the window the model saw, scores, mask).
+        reference: A reference mask on the volume's grid (eval), shown as a second contour.
+        max_px: In-plane size above which slices are block-reduced by an integer factor.
+
+    Returns:
+        A dict for :func:`~aaclip_med.report.write_case_html` (``viewer=``).
+    """
+    axis = result.slice_axis
+    heat = np.asarray(result.heatmap, dtype=np.float32)
+    if result.scored_voxels is not None:
+        heat = np.where(result.scored_voxels, heat, np.float32(np.nan))
+    else:  # no voxel map: the skipped slices are the unscored ones
+        keep = np.expand_dims(np.asarray(result.scored, bool), tuple(a for a in range(3) if a != axis))
+        heat = np.where(keep, heat, np.float32(np.nan))
+    image = _stack(volume, volume.data, axis)
+    factor = max(1, math.ceil(max(image.shape[1:]) / max_px))
+    image = _reduce(image, factor, "mean")
+    windows = _windows(volume, result, image)
+    finite = image[np.isfinite(image)]
+    lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
+    lo, hi = min(float(lo), windows[0]["lo"]), max(float(hi), windows[0]["hi"])
+    channels = {
+        "image": _to_byte(image, lo, hi),
+        "heat": _heat_bytes(_reduce(_stack(volume, heat, axis), factor, "max"), result.threshold),
+        "mask": _reduce(_stack(volume, result.mask, axis), factor, "max") > 0,
+    }
+    if reference is not None:
+        channels["reference"] = _reduce(_stack(volume, reference, axis), factor, "max") > 0
+    plan = display_plan(volume.affine, axis)
+    a, b = (x for x in range(3) if x != axis)
+    row_ax, col_ax = (b, a) if plan.transpose else (a, b)
+    spacing = volume.spacing
+    in_plane = min(spacing[row_ax], spacing[col_ax])
+    n, rows, cols = channels["image"].shape
+    positions = [slice_position_mm(volume.affine, volume.shape, axis, k) for k in range(n)]
+    scores = np.asarray(result.slice_scores, dtype=np.float64)
+    return {
+        "shape": [n, rows, cols],
+        "factor": factor,
+        "spacing_mm": [spacing[axis], spacing[row_ax] * factor, spacing[col_ax] * factor],
+        "reformat": bool(spacing[axis] <= MAX_REFORMAT_RATIO * in_plane * factor) and n > 1,
+        "axis_name": positions[0][1],
+        "positions_mm": [round(p, 2) for p, _ in positions],
+        "row_positions_mm": _positions(volume, row_ax, rows, factor, plan.flip_rows),
+        "col_positions_mm": _positions(volume, col_ax, cols, factor, plan.flip_cols),
+        "scores": [round(float(s), 5) for s in scores],
+        "scored": [bool(s) for s in np.asarray(result.scored, bool)],
+        "threshold": float(result.threshold),
+        "heat_scale": list(heat_scale(result.threshold)),
+        "image_range": [lo, hi],
+        "unit": "HU" if str(volume.modality).upper() == "CT" else "stored units",
+        "windows": windows,
+        "heat_lut": heat_lut(),
+        "channels": {name: _pack(arr) for name, arr in channels.items()},
+    }
+
+
+def heat_lut(cmap: str = "inferno") -> str:
+    """The heat colour map as 256 ``rrggbb`` hex triplets in one string (the viewer's and overlays' colours)."""
+    from matplotlib import colormaps
+
+    rgb = np.rint(colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    return rgb.tobytes().hex()
