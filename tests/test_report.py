@@ -68,7 +68,7 @@ def test_write_overlays_pngs(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as img:
             img.load()
-            assert img.size == (500, 550)
+            assert img.size == (500, 600)
     assert _no_temp_files(tmp_path)
 
 
@@ -85,7 +85,7 @@ def test_overlay_untrained_caption_is_drawn(tmp_path: Path) -> None:
 def test_overlay_accepts_tuples_and_checks_shapes(tmp_path: Path) -> None:
     image = np.zeros((16, 16))
     (path,) = report.write_overlays([(5, image, None, None, None, None)], tmp_path, size_px=200)
-    assert Image.open(path).size == (200, 220)
+    assert Image.open(path).size == (200, 240)
     with pytest.raises(GeometryError, match="slice 5"):
         report.write_overlays([(5, image, np.zeros((8, 8)))], tmp_path)
 
@@ -116,6 +116,7 @@ def test_write_volume_overlays_with_volume_like(tmp_path: Path) -> None:
     result = SimpleNamespace(
         heatmap=heat,
         mask=(heat > 2.5).astype(np.uint8),
+        threshold=2.5,
         slice_axis=2,
         preset="ct",
         untrained_backbone=True,
@@ -361,3 +362,101 @@ def test_histogram_threshold_label_stays_inside_the_plot() -> None:
         (tag,) = re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>threshold', svg)
         assert tag[1] == anchor
         assert float(tag[0]) < 760 if anchor == "end" else float(tag[0]) > 0
+
+
+# --- the slice viewer's data --------------------------------------------------------------------------------
+
+
+def _viewer_case(thick: float = 2.0) -> tuple:
+    from aaclip_med.volume import Volume
+
+    data = np.zeros((10, 12, 6), dtype=np.float32)
+    data[2, 7, 3] = 500.0  # an off-centre bright voxel: any flip or transpose would move it
+    affine = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 100], [0, 0, thick, -20], [0, 0, 0, 1]])  # LPS-stored
+    volume = Volume(data, affine, "CT", "synthetic.nii.gz", {})
+    voxels = np.zeros(data.shape, bool)
+    voxels[1:9, 1:11, 1:5] = True
+    heat = np.where(voxels, 4.0 + data / 50.0, -5.0).astype(np.float32)  # 4 inside, 14 at the voxel
+    heat[5, 5, 2] = -1.0  # below the colour floor (threshold 4 - 4 = 0)
+    result = SimpleNamespace(heatmap=heat, mask=(heat > 10).astype(np.uint8), scored_voxels=voxels,
+                             scored=np.array([False, True, True, True, True, False]), slice_axis=2,
+                             slice_scores=np.array([-5.0, 4.0, 4.0, 14.0, 4.0, -5.0]), threshold=4.0,
+                             window=(-160.0, 240.0))  # fmt: skip
+    return volume, result
+
+
+def _inflate(text: str, shape: list[int]) -> np.ndarray:
+    import base64
+    import zlib
+
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8).reshape(shape)
+
+
+def test_viewer_data_channels_follow_the_display_and_the_fixed_heat_scale() -> None:
+    volume, result = _viewer_case()
+    reference = volume.data > 0
+    data = report.viewer_data(volume, result, reference=reference)
+    n, rows, cols = data["shape"]
+    assert (n, rows, cols) == (6, 12, 10) and data["factor"] == 1
+    image, heat = _inflate(data["channels"]["image"], data["shape"]), _inflate(data["channels"]["heat"], data["shape"])
+    mask, ref = _inflate(data["channels"]["mask"], data["shape"]), _inflate(data["channels"]["reference"], data["shape"])
+    peak = np.unravel_index(np.argmax(volume.get_slice(3)), (rows, cols))
+    assert np.unravel_index(np.argmax(image[3]), (rows, cols)) == peak  # same orientation as the overlays
+    assert heat[3][peak] == 255 and mask[3][peak] == 1 and ref[3][peak] == 1 and mask.sum() == ref.sum() == 1
+    assert (heat[0] == 0).all() and (heat[5] == 0).all()  # skipped slices: not scored
+    assert (heat[2] == 0).sum() == rows * cols - 80  # outside the score region: not scored
+    assert (heat[2] == 1).sum() == 1  # the voxel at or below the floor
+    assert report.heat_scale(4.0) == tuple(data["heat_scale"]) == (0.0, 8.0)
+    assert np.unique(heat[1][heat[1] > 1]).tolist() == [128]  # 4.0 sits in the middle of the scale
+    assert data["windows"][0] == {"name": "as the model saw it", "lo": -160.0, "hi": 240.0}
+    lo, hi = data["image_range"]
+    assert (lo, hi) == (-160.0, 240.0)  # the window the model saw, widened to the 0.5-99.5 % of the volume
+    assert data["positions_mm"][3] == pytest.approx(-14.0) and data["axis_name"] == "z"
+    assert data["reformat"] and data["scored"][0] is False
+    assert len(bytes.fromhex(data["heat_lut"])) == 768
+
+
+def test_viewer_data_reduces_large_slices_and_refuses_reformats_of_thick_slices() -> None:
+    volume, result = _viewer_case(thick=5.0)
+    data = report.viewer_data(volume, result, max_px=5)
+    assert data["shape"] == [6, 4, 4] and data["factor"] == 3
+    assert data["spacing_mm"] == pytest.approx([5.0, 2.1, 2.1])
+    heat = _inflate(data["channels"]["heat"], data["shape"])
+    assert heat[3].max() == 255  # the hot voxel survives the reduction (max)
+    assert data["reformat"]  # 5 mm slices against 2.1 mm pixels: at most 4x
+    assert not report.viewer_data(volume, result)["reformat"]  # against 0.7 mm pixels: too thick
+
+
+def test_case_html_viewer_json_cannot_break_out_of_its_script(tmp_path: Path, case_inputs: dict) -> None:
+    volume, result = _viewer_case()
+    viewer = report.viewer_data(volume, result)
+    viewer["windows"][0]["name"] = "</script><script>alert(1)</script>"
+    html = report.write_case_html(tmp_path / "r.html", case_id="c", overlays=[], viewer=viewer,
+                                  **case_inputs).read_text()  # fmt: skip
+    assert "alert(1)" in html and "</script><script>alert" not in html
+    assert 'id="viewer"' in html and 'id="v-ref"' not in html  # no reference mask: no toggle
+    assert "default-src 'none'" in html  # the CSP blocks every external load
+
+
+@pytest.mark.slow
+def test_viewer_page_stays_within_the_size_budget(tmp_path: Path) -> None:
+    """A 512x512x130 CT (noisy body, noisy heat inside it) fits the 15 MB budget of reports/README.md."""
+    from types import SimpleNamespace
+
+    from aaclip_med.volume import Volume
+
+    rng = np.random.default_rng(0)
+    shape = (512, 512, 130)
+    xx, yy = np.meshgrid(np.arange(512), np.arange(512), indexing="ij")
+    body = ((xx - 256) / 230.0) ** 2 + ((yy - 256) / 170.0) ** 2 < 1.0
+    data = np.where(body[..., None], 40.0, -1000.0) + rng.normal(0.0, 20.0, shape)
+    voxels = np.broadcast_to(body[..., None], shape)
+    heat = np.where(voxels, rng.normal(2.0, 2.0, shape), -9.0).astype(np.float32)
+    result = SimpleNamespace(heatmap=heat, mask=(heat > 6.0).astype(np.uint8), scored_voxels=voxels,
+                             scored=np.ones(130, bool), slice_scores=heat.max(axis=(0, 1)), threshold=4.0,
+                             slice_axis=2, window=(-160.0, 240.0))  # fmt: skip
+    volume = Volume(data.astype(np.float32), np.diag([0.7, 0.7, 2.5, 1.0]), "CT", "big.nii.gz", {})
+    page = report.write_case_html(tmp_path / "big.html", case_id="big", overlays=[], slice_scores=result.slice_scores,
+                                  scored=result.scored, threshold=4.0, score=8.0,
+                                  viewer=report.viewer_data(volume, result))  # fmt: skip
+    assert page.stat().st_size <= 15 * 2**20

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aaclip_med._typing import PathLike
 from aaclip_med.case_folder import case_name, staged_output
@@ -96,6 +97,24 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
     raise ManifestError(msg)
 
 
+def _case_pages(
+    cases: list[Case], cases_dir: Path, rows: list[dict[str, Any]], out: Path, tmp: Path
+) -> dict[str, Path]:
+    """Write ``cases/<id>.html`` (viewer with the reference mask) where a mask exists; every case's page link."""
+    from aaclip_med.cohort.case_pages import write_eval_case_page
+
+    by_id = {str(r["case_id"]): r for r in rows}
+    pages: dict[str, Path] = {}
+    for case in cases:
+        case_dir = cases_dir / case.case_id
+        name = f"cases/{case.case_id}.html"
+        if write_eval_case_page(case, case_dir, by_id.get(case.case_id, {}), tmp / name) is not None:
+            pages[case.case_id] = out / name
+        elif (case_dir / "report.html").is_file():
+            pages[case.case_id] = case_dir / "report.html"
+    return pages
+
+
 def evaluate(
     predictions: PathLike,
     labels: PathLike,
@@ -148,10 +167,10 @@ def evaluate(
         prov = report.provenance({"normalisation": normalisation, "predictions": str(predictions)},
                                  sheets.provenance_model.get("metadata"), [labels])  # fmt: skip
         names["report"] = "report.html"
-        link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
+        pages = _case_pages(cases, cases_dir, sheets.cases, out, tmp)
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
                                  failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
-                                 title="aaclip-med evaluation", case_link=link,
+                                 title="aaclip-med evaluation", case_pages=pages, link_from=out,
                                  verdicts=sheets.verdicts)  # fmt: skip
         names["marker"] = MARKER
         report.write_json(prov, tmp / MARKER)

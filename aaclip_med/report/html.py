@@ -12,6 +12,8 @@ import functools
 import json
 import logging
 import math
+import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,12 @@ def _viewer_note(viewer: Mapping[str, Any]) -> str:
     return note + "."
 
 
+def _relative_link(target: Path, base: Path) -> str:
+    """A URL-quoted link to ``target`` relative to the folder ``base``: it works from disk and when served."""
+    relative = os.path.relpath(target.resolve(), base.resolve())
+    return urllib.parse.quote(Path(relative).as_posix())
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool)
 
@@ -255,7 +263,8 @@ def write_cohort_html(
     untrained: bool = False,
     title: str = "aaclip-med cohort report",
     sort_by: str = "score",
-    case_link: str = "cases/{case_id}/report.html",
+    case_pages: Mapping[str, PathLike] | None = None,
+    link_from: PathLike | None = None,
     verdicts: Sequence[str] = (),
 ) -> Path:
     """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
@@ -269,13 +278,18 @@ def write_cohort_html(
         untrained: Show the untrained-model banner.
         title: The page title.
         sort_by: Column to sort the case table by, highest first (rows without it go last).
-        case_link: Relative link of a case page; the case id is linked only when that file exists.
+        case_pages: Case id -> the final path of its page; only these case ids are linked. Default
+            ``<page folder>/cases/<case_id>/report.html`` where it exists. Links are relative and URL-quoted,
+            so the folder works opened from disk.
+        link_from: The folder the page will finally sit in (default ``path``'s folder; pass it when ``path`` is
+            a staging folder).
         verdicts: Sentences comparing the model with the trivial baselines (shown above the summary table).
 
     Returns:
         The written path.
     """
     root = Path(path).parent
+    base = Path(link_from) if link_from is not None else root
 
     def numeric_key(row: Mapping[str, Any]) -> tuple[bool, float]:
         value = row.get(sort_by)
@@ -283,8 +297,13 @@ def write_cohort_html(
         return (not math.isfinite(number), -number if math.isfinite(number) else 0.0)
 
     def link(row: Mapping[str, Any]) -> str | None:
-        href = case_link.format(case_id=row["case_id"]) if "case_id" in row else None
-        return href if href is not None and (root / href).is_file() else None
+        if "case_id" not in row:
+            return None
+        case_id = str(row["case_id"])
+        if case_pages is not None:  # the caller's pages (they may not exist yet: staged output)
+            return _relative_link(Path(case_pages[case_id]), base) if case_id in case_pages else None
+        page = base / "cases" / case_id / "report.html"
+        return _relative_link(page, base) if page.is_file() else None
 
     ordered = sorted(cases, key=numeric_key)
     prov = provenance or {}

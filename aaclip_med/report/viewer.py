@@ -21,19 +21,18 @@ from __future__ import annotations
 import base64
 import math
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from aaclip_med._typing import Array
 from aaclip_med.report.overlays import heat_scale, slice_position_mm, window_limits
-from aaclip_med.volume import display_plan
+from aaclip_med.volume import DisplayPlan, display_plan
 
 if TYPE_CHECKING:
-    from aaclip_med.inference import VolumeResult
     from aaclip_med.volume import Volume
 
-__all__ = ["MAX_VIEWER_PX", "heat_lut", "viewer_data"]
+__all__ = ["MAX_VIEWER_PX", "ScoredVolume", "heat_lut", "viewer_data"]
 
 MAX_VIEWER_PX = 256  # in-plane size above which the viewer's slices are block-reduced
 # coronal and sagittal views are offered when the slice spacing is at most this many in-plane spacings
@@ -43,32 +42,25 @@ _CT_WINDOWS = (("soft tissue (W400 L40)", -160.0, 240.0), ("liver (W150 L60)", -
 
 
 def _pack(array: Array) -> str:
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 9)).decode()
-
-
-def _blocks(stack: Array, factor: int, fill: float) -> Array:
-    """``(n, rows, cols)`` -> ``(n, rows/f, cols/f, f*f)`` blocks, padding the edges with ``fill``."""
-    n, rows, cols = stack.shape
-    r, c = math.ceil(rows / factor) * factor, math.ceil(cols / factor) * factor
-    padded = np.full((n, r, c), fill, dtype=np.float32)
-    padded[:, :rows, :cols] = stack
-    blocks = padded.reshape(n, r // factor, factor, c // factor, factor).transpose(0, 1, 3, 2, 4)
-    return blocks.reshape(n, r // factor, c // factor, factor * factor)
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 6)).decode()
 
 
 def _reduce(stack: Array, factor: int, how: str) -> Array:
+    """Block-reduce ``(n, rows, cols)`` in-plane by ``factor`` (``mean`` or ``max``; edges padded by repetition)."""
     if factor == 1:
-        return np.asarray(stack, dtype=np.float32)
-    blocks = _blocks(np.asarray(stack, dtype=np.float32), factor, np.nan)
-    if how == "mean":
-        return np.nanmean(blocks, axis=-1)
-    empty = np.isnan(blocks).all(axis=-1)
-    return np.where(empty, np.nan, np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=-1))
+        return stack
+    n, rows, cols = stack.shape
+    pad = ((0, 0), (0, -rows % factor), (0, -cols % factor))
+    blocks = np.pad(stack, pad, mode="edge").reshape(n, -1, factor, (cols + pad[2][1]) // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float32) if how == "mean" else blocks.max(axis=(2, 4))
 
 
-def _stack(volume: Volume, data: Array, axis: int) -> Array:
-    like = volume.with_data(np.asarray(data, dtype=np.float32))
-    return np.stack([like.get_slice(k, axis) for k in range(volume.shape[axis])])
+def _stack(data: Array, plan: DisplayPlan) -> Array:
+    """``(n_slices, rows, cols)``: every slice in display orientation, as :meth:`Volume.get_slice` cuts it."""
+    stack = np.moveaxis(np.asarray(data), plan.axis, 0)
+    if plan.transpose:
+        stack = stack.transpose(0, 2, 1)
+    return stack[:, :: -1 if plan.flip_rows else 1, :: -1 if plan.flip_cols else 1]
 
 
 def _to_byte(values: Array, lo: float, hi: float, offset: int = 0) -> Array:
@@ -78,12 +70,12 @@ def _to_byte(values: Array, lo: float, hi: float, offset: int = 0) -> Array:
 
 def _heat_bytes(heat: Array, threshold: float) -> Array:
     floor, top = heat_scale(threshold)
-    codes = _to_byte(heat, floor, top, offset=1)  # at or below the floor: 1
-    codes[np.isnan(heat)] = 0
+    codes = _to_byte(np.maximum(heat, floor), floor, top, offset=1)  # at or below the floor: 1
+    codes[~np.isfinite(heat)] = 0  # not scored (-inf)
     return codes
 
 
-def _windows(volume: Volume, result: VolumeResult, stack: Array) -> list[dict[str, Any]]:
+def _windows(volume: Volume, result: ScoredVolume, stack: Array) -> list[dict[str, Any]]:
     window = result.window if result.window is not None else window_limits(stack, None)
     name = "as the model saw it" if result.window is not None else "volume 1-99 % (model: per slice)"
     out = [{"name": name, "lo": float(window[0]), "hi": float(window[1])}]
@@ -101,7 +93,7 @@ def _positions(volume: Volume, plane_axis: int, count: int, factor: int, flip: b
 
 
 def viewer_data(
-    volume: Volume, result: VolumeResult, *, reference: Array | None = None, max_px: int = MAX_VIEWER_PX
+    volume: Volume, result: ScoredVolume, *, reference: Array | None = None, max_px: int = MAX_VIEWER_PX
 ) -> dict[str, Any]:
     """Everything the report's slice viewer shows, as JSON-ready values (see the module docstring).
 
@@ -115,13 +107,12 @@ def viewer_data(
         A dict for :func:`~aaclip_med.report.write_case_html` (``viewer=``).
     """
     axis = result.slice_axis
-    heat = np.asarray(result.heatmap, dtype=np.float32)
-    if result.scored_voxels is not None:
-        heat = np.where(result.scored_voxels, heat, np.float32(np.nan))
-    else:  # no voxel map: the skipped slices are the unscored ones
+    plan = display_plan(volume.affine, axis)
+    keep = result.scored_voxels
+    if keep is None:  # no voxel map: the skipped slices are the unscored ones
         keep = np.expand_dims(np.asarray(result.scored, bool), tuple(a for a in range(3) if a != axis))
-        heat = np.where(keep, heat, np.float32(np.nan))
-    image = _stack(volume, volume.data, axis)
+    heat = np.where(keep, np.asarray(result.heatmap, dtype=np.float32), -np.inf)
+    image = _stack(np.nan_to_num(np.asarray(volume.data, dtype=np.float32)), plan)
     factor = max(1, math.ceil(max(image.shape[1:]) / max_px))
     image = _reduce(image, factor, "mean")
     windows = _windows(volume, result, image)
@@ -130,12 +121,11 @@ def viewer_data(
     lo, hi = min(float(lo), windows[0]["lo"]), max(float(hi), windows[0]["hi"])
     channels = {
         "image": _to_byte(image, lo, hi),
-        "heat": _heat_bytes(_reduce(_stack(volume, heat, axis), factor, "max"), result.threshold),
-        "mask": _reduce(_stack(volume, result.mask, axis), factor, "max") > 0,
+        "heat": _heat_bytes(_reduce(_stack(heat, plan), factor, "max"), result.threshold),
+        "mask": _reduce(_stack(np.asarray(result.mask) > 0, plan), factor, "max"),
     }
     if reference is not None:
-        channels["reference"] = _reduce(_stack(volume, reference, axis), factor, "max") > 0
-    plan = display_plan(volume.affine, axis)
+        channels["reference"] = _reduce(_stack(np.asarray(reference) > 0, plan), factor, "max")
     a, b = (x for x in range(3) if x != axis)
     row_ax, col_ax = (b, a) if plan.transpose else (a, b)
     spacing = volume.spacing
@@ -162,6 +152,28 @@ def viewer_data(
         "heat_lut": heat_lut(),
         "channels": {name: _pack(arr) for name, arr in channels.items()},
     }
+
+
+class ScoredVolume(Protocol):
+    """What the viewer reads of a result: :class:`~aaclip_med.inference.VolumeResult`, or one read back from a
+    run folder (``eval``), without importing the model."""
+
+    @property
+    def heatmap(self) -> Array: ...  # noqa: D102
+    @property
+    def mask(self) -> Array: ...  # noqa: D102
+    @property
+    def scored_voxels(self) -> Array | None: ...  # noqa: D102
+    @property
+    def scored(self) -> Array: ...  # noqa: D102
+    @property
+    def slice_scores(self) -> Array: ...  # noqa: D102
+    @property
+    def threshold(self) -> float: ...  # noqa: D102
+    @property
+    def slice_axis(self) -> int: ...  # noqa: D102
+    @property
+    def window(self) -> tuple[float, float] | None: ...  # noqa: D102
 
 
 def heat_lut(cmap: str = "inferno") -> str:
