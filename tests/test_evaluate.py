@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,18 @@ def test_eval_command_imports_no_torch_monai_or_open_clip(scored: tuple[Path, Pa
     assert done.returncode == 0, done.stderr
     assert "pixel_auroc 1.0000" in done.stdout and done.stdout.strip().endswith("heavy: []"), done.stdout
     assert (tmp_path / "ev" / "summary.csv").is_file()
+
+
+def test_eval_pages_link_to_case_pages_with_the_reference_mask(scored: tuple[Path, Path], tmp_path: Path) -> None:
+    """The links are relative and resolve on disk, wherever -o puts the evaluation; the case page shows the mask."""
+    from urllib.parse import unquote
+
+    run_dir, mask = scored
+    for out in (run_dir / "evaluation", tmp_path / "elsewhere" / "eval"):
+        res = evaluate(run_dir, mask, out)
+        html = (res.out_dir / "report.html").read_text()
+        hrefs = [unquote(h) for h in re.findall(r'href="([^"]+)"', html)]
+        assert hrefs == ["cases/run.html"]
+        assert all(not h.startswith(("/", "file:")) and (res.out_dir / h).is_file() for h in hrefs)
+        page = (res.out_dir / "cases" / "run.html").read_text()
+        assert 'id="v-ref"' in page and 'id="viewer-data"' in page and "pixel_auroc" in page

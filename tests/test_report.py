@@ -460,3 +460,20 @@ def test_viewer_page_stays_within_the_size_budget(tmp_path: Path) -> None:
                                   scored=result.scored, threshold=4.0, score=8.0,
                                   viewer=report.viewer_data(volume, result))  # fmt: skip
     assert page.stat().st_size <= 15 * 2**20
+
+
+def test_cohort_html_links_are_relative_and_quoted(tmp_path: Path) -> None:
+    runs = tmp_path / "batch" / "cases"
+    for case_id in ("pat 1", "b#2"):
+        (runs / case_id).mkdir(parents=True)
+        (runs / case_id / "report.html").write_text("<html></html>")
+    pages = {c: runs / c / "report.html" for c in ("pat 1", "b#2")}
+    staging = tmp_path / "other" / ".eval.partial"  # written here, renamed to other/eval afterwards
+    html = report.write_cohort_html(staging / "report.html", cases=[{"case_id": "pat 1", "score": 2.0},
+                                    {"case_id": "b#2", "score": 1.0}, {"case_id": "c", "score": 0.0}],
+                                    case_pages=pages, link_from=tmp_path / "other" / "eval").read_text()  # fmt: skip
+    hrefs = [value for _, name, value in _refs(html) if name == "href"]
+    assert hrefs == ["../../batch/cases/pat%201/report.html", "../../batch/cases/b%232/report.html"]
+    assert "Case ids link to the case pages." in html
+    lone = report.write_cohort_html(tmp_path / "lone.html", cases=[{"case_id": "x", "score": 1.0}]).read_text()
+    assert "No case page was found" in lone

@@ -24,6 +24,10 @@ __all__ = ["EvalResult", "evaluate", "find_runs"]
 
 logger = logging.getLogger(__name__)
 
+_CASE_NOTE = (
+    "Case ids link to the case pages: for a case with a reference mask, its evaluation page (cases/<case_id>.html: "
+    "the slice viewer with the reference outline in green, and the case's metrics); else the run's report.html."
+)
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")
 
 
@@ -171,7 +175,7 @@ def evaluate(
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
                                  failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
                                  title="aaclip-med evaluation", case_pages=pages, link_from=out,
-                                 verdicts=sheets.verdicts)  # fmt: skip
+                                 verdicts=sheets.verdicts, case_note=_CASE_NOTE)  # fmt: skip
         names["marker"] = MARKER
         report.write_json(prov, tmp / MARKER)
     return EvalResult(out, sheets, {k: out / v for k, v in names.items()})

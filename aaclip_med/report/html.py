@@ -266,6 +266,7 @@ def write_cohort_html(
     case_pages: Mapping[str, PathLike] | None = None,
     link_from: PathLike | None = None,
     verdicts: Sequence[str] = (),
+    case_note: str = "Case ids link to the case pages.",
 ) -> Path:
     """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
 
@@ -284,6 +285,7 @@ def write_cohort_html(
         link_from: The folder the page will finally sit in (default ``path``'s folder; pass it when ``path`` is
             a staging folder).
         verdicts: Sentences comparing the model with the trivial baselines (shown above the summary table).
+        case_note: What the case links open (shown above the case table when a case is linked).
 
     Returns:
         The written path.
@@ -306,6 +308,7 @@ def write_cohort_html(
         return _relative_link(page, base) if page.is_file() else None
 
     ordered = sorted(cases, key=numeric_key)
+    links = [link(row) for row in ordered]
     prov = provenance or {}
     return _render(
         "cohort_report.html",
@@ -315,7 +318,8 @@ def write_cohort_html(
         n_cases=len(cases),
         n_failures=len(failures),
         sort_by=sort_by,
-        cases_table=_table(ordered, [link(row) for row in ordered]),
+        cases_table=_table(ordered, links),
+        case_note=case_note if any(links) else "No case page was found to link to.",
         summary_table=_table(summary),
         verdicts=list(verdicts),
         failures_table=_table(failures),
