@@ -163,7 +163,7 @@ def test_eval_command_imports_no_torch_monai_or_open_clip(scored: tuple[Path, Pa
 
 
 def test_eval_pages_link_to_case_pages_with_the_reference_mask(scored: tuple[Path, Path], tmp_path: Path) -> None:
-    """The links are relative and resolve on disk, wherever -o puts the evaluation; the case page shows the mask."""
+    """Links are relative and resolve on disk wherever -o puts the evaluation; the case page shows the mask."""
     from urllib.parse import unquote
 
     run_dir, mask = scored

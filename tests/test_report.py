@@ -398,8 +398,8 @@ def test_viewer_data_channels_follow_the_display_and_the_fixed_heat_scale() -> N
     data = report.viewer_data(volume, result, reference=reference)
     n, rows, cols = data["shape"]
     assert (n, rows, cols) == (6, 12, 10) and data["factor"] == 1
-    image, heat = _inflate(data["channels"]["image"], data["shape"]), _inflate(data["channels"]["heat"], data["shape"])
-    mask, ref = _inflate(data["channels"]["mask"], data["shape"]), _inflate(data["channels"]["reference"], data["shape"])
+    names = ("image", "heat", "mask", "reference")
+    image, heat, mask, ref = (_inflate(data["channels"][k], data["shape"]) for k in names)
     peak = np.unravel_index(np.argmax(volume.get_slice(3)), (rows, cols))
     assert np.unravel_index(np.argmax(image[3]), (rows, cols)) == peak  # same orientation as the overlays
     assert heat[3][peak] == 255 and mask[3][peak] == 1 and ref[3][peak] == 1 and mask.sum() == ref.sum() == 1
@@ -456,7 +456,8 @@ def test_viewer_page_stays_within_the_size_budget(tmp_path: Path) -> None:
                              scored=np.ones(130, bool), slice_scores=heat.max(axis=(0, 1)), threshold=4.0,
                              slice_axis=2, window=(-160.0, 240.0))  # fmt: skip
     volume = Volume(data.astype(np.float32), np.diag([0.7, 0.7, 2.5, 1.0]), "CT", "big.nii.gz", {})
-    page = report.write_case_html(tmp_path / "big.html", case_id="big", overlays=[], slice_scores=result.slice_scores,
+    page = report.write_case_html(tmp_path / "big.html", case_id="big", overlays=[],
+                                  slice_scores=result.slice_scores,
                                   scored=result.scored, threshold=4.0, score=8.0,
                                   viewer=report.viewer_data(volume, result))  # fmt: skip
     assert page.stat().st_size <= 15 * 2**20
@@ -469,11 +470,39 @@ def test_cohort_html_links_are_relative_and_quoted(tmp_path: Path) -> None:
         (runs / case_id / "report.html").write_text("<html></html>")
     pages = {c: runs / c / "report.html" for c in ("pat 1", "b#2")}
     staging = tmp_path / "other" / ".eval.partial"  # written here, renamed to other/eval afterwards
-    html = report.write_cohort_html(staging / "report.html", cases=[{"case_id": "pat 1", "score": 2.0},
-                                    {"case_id": "b#2", "score": 1.0}, {"case_id": "c", "score": 0.0}],
-                                    case_pages=pages, link_from=tmp_path / "other" / "eval").read_text()  # fmt: skip
+    cases = [{"case_id": "pat 1", "score": 2.0}, {"case_id": "b#2", "score": 1.0}, {"case_id": "c", "score": 0.0}]
+    html = report.write_cohort_html(staging / "report.html", cases=cases, case_pages=pages,
+                                    link_from=tmp_path / "other" / "eval").read_text()  # fmt: skip
     hrefs = [value for _, name, value in _refs(html) if name == "href"]
     assert hrefs == ["../../batch/cases/pat%201/report.html", "../../batch/cases/b%232/report.html"]
     assert "Case ids link to the case pages." in html
     lone = report.write_cohort_html(tmp_path / "lone.html", cases=[{"case_id": "x", "score": 1.0}]).read_text()
     assert "No case page was found" in lone
+
+
+def test_score_curve_ticks_are_whole_slices_and_round_values() -> None:
+    from aaclip_med.report.plots import nice_ticks, score_curve_svg
+
+    scores = np.array([-0.401, 0.2, 2.29, 1.4] * 10)
+    svg = str(score_curve_svg(scores, np.ones(40, bool), 0.943))
+    ticks = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="(end|middle)">(-?[\d.]+)</text>', svg)
+    y = [float(v) for anchor, v in ticks if anchor == "end"]
+    x = [float(v) for anchor, v in ticks if anchor == "middle"]
+    assert y == [-0.5, 0.0, 0.5, 1.0, 1.5, 2.0] and x == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert 'data-x0="' in svg and 'data-x1="' in svg  # the viewer's click hooks
+    assert nice_ticks(-22.3, -7.1) == [-20.0, -15.0, -10.0] and nice_ticks(0.0, 1.0, 7, integer=True) == [0.0, 1.0]
+
+
+def test_overlay_colour_bar_is_fixed_in_map_units(tmp_path: Path) -> None:
+    """Slices with other heat levels give the same value the same colour: the scale hangs on the threshold."""
+    image = np.zeros((32, 32), np.float32)
+    heat = np.full((32, 32), 3.0, np.float32)
+    hotter = heat + 100.0 * (np.arange(32) == 0)
+    paths = report.write_overlays([report.OverlaySlice(0, image, heat), report.OverlaySlice(1, image, hotter)],
+                                  tmp_path, threshold=3.0)  # fmt: skip
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in paths)
+    assert (a[300, 250] == b[300, 250]).all()  # the image centre: the same value 3.0, the same colour
+    bar = a[500:515, 50:450].astype(int)  # the colour bar band under the image
+    assert bar[..., 0].std() > 30  # a gradient
+    cyan = (bar[..., 0] < 60) & (bar[..., 1] > 200) & (bar[..., 2] > 200)
+    assert cyan.any() and abs(np.flatnonzero(cyan.any(axis=0)).mean() - 200) < 6  # threshold mark at mid-bar

@@ -131,12 +131,14 @@ _DRIVER = """
     out.hashes.heat_off = hash();
     document.getElementById("v-heat").click();
     out.hashes.heat_on = hash();
-    document.getElementById("v-canvas").dispatchEvent(new WheelEvent("wheel", { deltaY: -100, bubbles: true, cancelable: true }));
+    var wheel = new WheelEvent("wheel", { deltaY: -100, bubbles: true, cancelable: true });
+    document.getElementById("v-canvas").dispatchEvent(wheel);
     out.after_wheel = root.getAttribute("data-index");
     root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowUp", bubbles: true }));
     out.after_key = root.getAttribute("data-index");
     var svg = document.querySelector("#slice-scores svg"), box = svg.getBoundingClientRect();
-    var scale = box.width / svg.viewBox.baseVal.width, x0 = +svg.getAttribute("data-x0"), x1 = +svg.getAttribute("data-x1");
+    var scale = box.width / svg.viewBox.baseVal.width;
+    var x0 = +svg.getAttribute("data-x0"), x1 = +svg.getAttribute("data-x1");
     var x = box.left + scale * (x0 + (x1 - x0) * CLICK_AT / (NSLICES - 1));
     svg.dispatchEvent(new MouseEvent("click", { clientX: x, clientY: box.top + box.height / 2, bubbles: true }));
     out.after_click = root.getAttribute("data-index");

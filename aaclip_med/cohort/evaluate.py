@@ -25,7 +25,8 @@ __all__ = ["EvalResult", "evaluate", "find_runs"]
 logger = logging.getLogger(__name__)
 
 _CASE_NOTE = (
-    "Case ids link to the case pages: for a case with a reference mask, its evaluation page (cases/<case_id>.html: "
+    "Case ids link to the case pages: for a case with a reference mask, its evaluation page "
+    "(cases/<case_id>.html: "
     "the slice viewer with the reference outline in green, and the case's metrics); else the run's report.html."
 )
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")

@@ -23,9 +23,9 @@ from markupsafe import Markup
 
 from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
+from aaclip_med.report.overlays import HEAT_HALF_SPAN
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
 from aaclip_med.report.sheets import _columns, to_jsonable
-from aaclip_med.report.overlays import HEAT_HALF_SPAN
 
 __all__ = [
     "UNTRAINED_BANNER",
@@ -143,7 +143,8 @@ def write_case_html(
     """Write the one-page report of a case.
 
     Sections: summary (volume score, flagged slices), the slice viewer (every slice, when ``viewer`` is given),
-    top slices (the overlays), slice-score curve (a click shows that slice in the viewer), score histogram, metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
+    top slices (the overlays), slice-score curve (a click shows that slice in the viewer), score histogram,
+    metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
     top of the page.
 
     Args:

@@ -44,7 +44,7 @@ class _Frame:
             f'<line x1="{left}" y1="{bottom}" x2="{self.width - _PAD_RIGHT}" y2="{bottom}" stroke="#444"/>',
             f'<line x1="{left}" y1="{_PAD_TOP}" x2="{left}" y2="{bottom}" stroke="#444"/>',
         ]
-        for value in nice_ticks(self.y0, self.y1, 5, integer=y_integer):
+        for value in nice_ticks(self.y0, self.y1, 6, integer=y_integer):
             y = self.y(value)
             parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#444"/>')
             parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(value)}</text>')
@@ -85,7 +85,7 @@ class _Frame:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
-    """Round tick values inside ``[lo, hi]``: steps of 1, 2, 2.5 or 5 times a power of ten (whole numbers if asked).
+    """Round tick values inside ``[lo, hi]``: steps of 1, 2, 2.5 or 5 times a power of ten (or whole numbers).
 
     Example:
         >>> nice_ticks(-0.401, 2.29)

@@ -46,7 +46,7 @@ def _pack(array: Array) -> str:
 
 
 def _reduce(stack: Array, factor: int, how: str) -> Array:
-    """Block-reduce ``(n, rows, cols)`` in-plane by ``factor`` (``mean`` or ``max``; edges padded by repetition)."""
+    """Block-reduce ``(n, rows, cols)`` in-plane by ``factor`` (``mean`` or ``max``; edges repeated to fit)."""
     if factor == 1:
         return stack
     n, rows, cols = stack.shape
@@ -119,6 +119,7 @@ def viewer_data(
     finite = image[np.isfinite(image)]
     lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
     lo, hi = min(float(lo), windows[0]["lo"]), max(float(hi), windows[0]["hi"])
+    windows.append({"name": "whole stored range", "lo": lo, "hi": hi})
     channels = {
         "image": _to_byte(image, lo, hi),
         "heat": _heat_bytes(_reduce(_stack(heat, plan), factor, "max"), result.threshold),
@@ -142,7 +143,7 @@ def viewer_data(
         "positions_mm": [round(p, 2) for p, _ in positions],
         "row_positions_mm": _positions(volume, row_ax, rows, factor, plan.flip_rows),
         "col_positions_mm": _positions(volume, col_ax, cols, factor, plan.flip_cols),
-        "scores": [round(float(s), 5) for s in scores],
+        "scores": [float(f"{s:.7g}") for s in scores],  # float32 precision
         "scored": [bool(s) for s in np.asarray(result.scored, bool)],
         "threshold": float(result.threshold),
         "heat_scale": list(heat_scale(result.threshold)),
