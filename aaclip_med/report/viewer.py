@@ -1,11 +1,12 @@
 """Data of the report's slice viewer: every slice as compact 8-bit arrays, and the fixed heat colour scale.
 
 The viewer in ``report.html`` is a small vanilla-JS canvas viewer (``templates/viewer.js``, no library): it needs
-no licence file and no build, weighs a few kB and shows exactly the arrays written here, so the page stays one
+no licence file and no build, weighs about 10 kB and shows exactly the arrays written here, so the page stays one
 self-contained file. Each channel is a ``uint8`` array of shape ``(n_slices, rows, cols)`` in display orientation
 (as :meth:`Volume.get_slice` cuts it), compressed with zlib and base64-encoded; the browser inflates it with
 ``DecompressionStream``. Volumes wider than ``max_px`` are block-reduced in-plane (image: mean, heat: max of the
-scored voxels, masks: any), which keeps a 512x512x130 CT at about 5-8 MB (budget: 15 MB).
+scored voxels, masks: any), which keeps a 512x512x130 CT under the 15 MB budget (about 11 MB for a noisy
+synthetic CT with noisy heat; the bundled 512x512x16 sample gives a 2 MB page).
 
 Channels:
     image: intensities mapped linearly from ``image_range`` (stored units, HU for CT) to 0..255; the range holds
@@ -39,6 +40,28 @@ MAX_VIEWER_PX = 256  # in-plane size above which the viewer's slices are block-r
 MAX_REFORMAT_RATIO = 4.0
 _CT_WINDOWS = (("soft tissue (W400 L40)", -160.0, 240.0), ("liver (W150 L60)", -15.0, 135.0),
                ("lung (W1500 L-600)", -1350.0, 150.0), ("bone (W1800 L400)", -500.0, 1300.0))  # fmt: skip
+
+
+class ScoredVolume(Protocol):
+    """What the viewer reads of a result: a :class:`~aaclip_med.inference.VolumeResult`, or one read back from
+    a run folder by ``eval`` (which imports no model)."""
+
+    @property
+    def heatmap(self) -> Array: ...
+    @property
+    def mask(self) -> Array: ...
+    @property
+    def scored_voxels(self) -> Array | None: ...
+    @property
+    def scored(self) -> Array: ...
+    @property
+    def slice_scores(self) -> Array: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def slice_axis(self) -> int: ...
+    @property
+    def window(self) -> tuple[float, float] | None: ...
 
 
 def _pack(array: Array) -> str:
@@ -153,28 +176,6 @@ def viewer_data(
         "heat_lut": heat_lut(),
         "channels": {name: _pack(arr) for name, arr in channels.items()},
     }
-
-
-class ScoredVolume(Protocol):
-    """What the viewer reads of a result: :class:`~aaclip_med.inference.VolumeResult`, or one read back from a
-    run folder (``eval``), without importing the model."""
-
-    @property
-    def heatmap(self) -> Array: ...  # noqa: D102
-    @property
-    def mask(self) -> Array: ...  # noqa: D102
-    @property
-    def scored_voxels(self) -> Array | None: ...  # noqa: D102
-    @property
-    def scored(self) -> Array: ...  # noqa: D102
-    @property
-    def slice_scores(self) -> Array: ...  # noqa: D102
-    @property
-    def threshold(self) -> float: ...  # noqa: D102
-    @property
-    def slice_axis(self) -> int: ...  # noqa: D102
-    @property
-    def window(self) -> tuple[float, float] | None: ...  # noqa: D102
 
 
 def heat_lut(cmap: str = "inferno") -> str:

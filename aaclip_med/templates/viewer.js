@@ -204,7 +204,8 @@
       }, { passive: false });
       root.addEventListener("keydown", function (event) {
         var steps = { ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: 10, PageDown: -10 };
-        if (!(event.key in steps) || (event.target.tagName === "INPUT" && event.target.type === "range")) { return; }
+        var own = event.target.tagName === "SELECT" || (event.target.tagName === "INPUT" && event.target.type === "range");
+        if (!(event.key in steps) || own) { return; }  // sliders and menus keep their own arrow keys
         event.preventDefault();
         go(state.index[state.view] + steps[event.key]);
       });
