@@ -267,6 +267,7 @@ def _export(
             untrained=result.untrained_backbone,
             preset=result.preset,
             flagged=result.flagged,
+            viewer=report.viewer_data(volume, result),
         )
     files["run"] = MARKER
     prov["outputs"] = [*written_files(tmp), MARKER]  # what --overwrite may replace later

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,18 @@ def test_verdicts_say_when_neither_beats_chance() -> None:
     assert "neither the model nor" in sentence and "above chance" in sentence and "beats" not in sentence
     rows[0]["pixel_auroc"] = 0.7
     assert "the model beats" in verdicts(rows)[0]
+
+
+def test_eval_pages_link_to_case_pages_with_the_reference_mask(scored: tuple[Path, Path], tmp_path: Path) -> None:
+    """Links are relative and resolve on disk wherever -o puts the evaluation; the case page shows the mask."""
+    from urllib.parse import unquote
+
+    run_dir, mask = scored
+    for out in (run_dir / "evaluation", tmp_path / "elsewhere" / "eval"):
+        res = evaluate(run_dir, mask, out)
+        html = (res.out_dir / "report.html").read_text()
+        hrefs = [unquote(h) for h in re.findall(r'href="([^"]+)"', html)]
+        assert hrefs == ["cases/run.html"]
+        assert all(not h.startswith(("/", "file:")) and (res.out_dir / h).is_file() for h in hrefs)
+        page = (res.out_dir / "cases" / "run.html").read_text()
+        assert 'id="v-ref"' in page and 'id="viewer-data"' in page and "pixel_auroc" in page

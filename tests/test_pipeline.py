@@ -109,6 +109,12 @@ def test_run_folder_files_and_sheets(nifti_path: Path, tmp_path: Path) -> None:
     assert run["inputs"][0]["sha256"] == report.input_record(nifti_path)["sha256"]
     qa = json.loads((out.out_dir / "qa.json").read_text())
     assert qa["threshold_source"] == "flag" and qa["n_slices"] == 16
+    html = (out.out_dir / "report.html").read_text()
+    viewer = json.loads(html.split('<script type="application/json" id="viewer-data">')[1].split("</script>")[0])
+    assert viewer["shape"][0] == 16
+    assert viewer["scores"] == pytest.approx([float(r["score"]) for r in rows], rel=1e-6)
+    assert viewer["windows"][0]["name"] == "as the model saw it" and viewer["threshold"] == 1.0
+    assert str(nifti_path) not in html.split('id="provenance"')[0]  # no input path in the page above provenance
 
 
 def test_dicom_run_writes_seg_on_source_instances_and_no_phi(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_write_overlays_pngs(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as img:
             img.load()
-            assert img.size == (500, 550)
+            assert img.size == (500, 600)
     assert _no_temp_files(tmp_path)
 
 
@@ -85,7 +85,7 @@ def test_overlay_untrained_caption_is_drawn(tmp_path: Path) -> None:
 def test_overlay_accepts_tuples_and_checks_shapes(tmp_path: Path) -> None:
     image = np.zeros((16, 16))
     (path,) = report.write_overlays([(5, image, None, None, None, None)], tmp_path, size_px=200)
-    assert Image.open(path).size == (200, 220)
+    assert Image.open(path).size == (200, 240)
     with pytest.raises(GeometryError, match="slice 5"):
         report.write_overlays([(5, image, np.zeros((8, 8)))], tmp_path)
 
@@ -116,6 +116,7 @@ def test_write_volume_overlays_with_volume_like(tmp_path: Path) -> None:
     result = SimpleNamespace(
         heatmap=heat,
         mask=(heat > 2.5).astype(np.uint8),
+        threshold=2.5,
         slice_axis=2,
         preset="ct",
         untrained_backbone=True,
@@ -361,3 +362,147 @@ def test_histogram_threshold_label_stays_inside_the_plot() -> None:
         (tag,) = re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>threshold', svg)
         assert tag[1] == anchor
         assert float(tag[0]) < 760 if anchor == "end" else float(tag[0]) > 0
+
+
+# --- the slice viewer's data --------------------------------------------------------------------------------
+
+
+def _viewer_case(thick: float = 2.0) -> tuple:
+    from aaclip_med.volume import Volume
+
+    data = np.zeros((10, 12, 6), dtype=np.float32)
+    data[2, 7, 3] = 500.0  # an off-centre bright voxel: any flip or transpose would move it
+    affine = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 100], [0, 0, thick, -20], [0, 0, 0, 1]])  # LPS-stored
+    volume = Volume(data, affine, "CT", "synthetic.nii.gz", {})
+    voxels = np.zeros(data.shape, bool)
+    voxels[1:9, 1:11, 1:5] = True
+    heat = np.where(voxels, 4.0 + data / 50.0, -5.0).astype(np.float32)  # 4 inside, 14 at the voxel
+    heat[5, 5, 2] = -1.0  # below the colour floor (threshold 4 - 4 = 0)
+    result = SimpleNamespace(heatmap=heat, mask=(heat > 10).astype(np.uint8), scored_voxels=voxels,
+                             scored=np.array([False, True, True, True, True, False]), slice_axis=2,
+                             slice_scores=np.array([-5.0, 4.0, 4.0, 14.0, 4.0, -5.0]), threshold=4.0,
+                             window=(-160.0, 240.0))  # fmt: skip
+    return volume, result
+
+
+def _inflate(text: str, shape: list[int]) -> np.ndarray:
+    import base64
+    import zlib
+
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8).reshape(shape)
+
+
+def test_viewer_data_channels_follow_the_display_and_the_fixed_heat_scale() -> None:
+    volume, result = _viewer_case()
+    reference = volume.data > 0
+    data = report.viewer_data(volume, result, reference=reference)
+    n, rows, cols = data["shape"]
+    assert (n, rows, cols) == (6, 12, 10) and data["factor"] == 1
+    names = ("image", "heat", "mask", "reference")
+    image, heat, mask, ref = (_inflate(data["channels"][k], data["shape"]) for k in names)
+    peak = np.unravel_index(np.argmax(volume.get_slice(3)), (rows, cols))
+    assert np.unravel_index(np.argmax(image[3]), (rows, cols)) == peak  # same orientation as the overlays
+    assert heat[3][peak] == 255 and mask[3][peak] == 1 and ref[3][peak] == 1 and mask.sum() == ref.sum() == 1
+    assert (heat[0] == 0).all() and (heat[5] == 0).all()  # skipped slices: not scored
+    assert (heat[2] == 0).sum() == rows * cols - 80  # outside the score region: not scored
+    assert (heat[2] == 1).sum() == 1  # the voxel at or below the floor
+    assert report.heat_scale(4.0) == tuple(data["heat_scale"]) == (0.0, 8.0)
+    assert np.unique(heat[1][heat[1] > 1]).tolist() == [128]  # 4.0 sits in the middle of the scale
+    assert data["windows"][0] == {"name": "as the model saw it", "lo": -160.0, "hi": 240.0}
+    lo, hi = data["image_range"]
+    assert (lo, hi) == (-160.0, 240.0)  # the window the model saw, widened to the 0.5-99.5 % of the volume
+    assert data["positions_mm"][3] == pytest.approx(-14.0) and data["axis_name"] == "z"
+    assert data["reformat"] and data["scored"][0] is False
+    assert len(bytes.fromhex(data["heat_lut"])) == 768
+
+
+def test_viewer_data_reduces_large_slices_and_refuses_reformats_of_thick_slices() -> None:
+    volume, result = _viewer_case(thick=5.0)
+    data = report.viewer_data(volume, result, max_px=5)
+    assert data["shape"] == [6, 4, 4] and data["factor"] == 3
+    assert data["spacing_mm"] == pytest.approx([5.0, 2.1, 2.1])
+    heat = _inflate(data["channels"]["heat"], data["shape"])
+    assert heat[3].max() == 255  # the hot voxel survives the reduction (max)
+    assert data["reformat"]  # 5 mm slices against 2.1 mm pixels: at most 4x
+    assert not report.viewer_data(volume, result)["reformat"]  # against 0.7 mm pixels: too thick
+
+
+def test_case_html_viewer_json_cannot_break_out_of_its_script(tmp_path: Path, case_inputs: dict) -> None:
+    volume, result = _viewer_case()
+    viewer = report.viewer_data(volume, result)
+    viewer["windows"][0]["name"] = "</script><script>alert(1)</script>"
+    html = report.write_case_html(tmp_path / "r.html", case_id="c", overlays=[], viewer=viewer,
+                                  **case_inputs).read_text()  # fmt: skip
+    assert "alert(1)" in html and "</script><script>alert" not in html
+    assert 'id="viewer"' in html and 'id="v-ref"' not in html  # no reference mask: no toggle
+    assert "default-src 'none'" in html  # the CSP blocks every external load
+
+
+@pytest.mark.slow
+def test_viewer_page_stays_within_the_size_budget(tmp_path: Path) -> None:
+    """A 512x512x130 CT (noisy body, noisy heat inside it) fits the 15 MB budget of reports/README.md."""
+    from types import SimpleNamespace
+
+    from aaclip_med.volume import Volume
+
+    rng = np.random.default_rng(0)
+    shape = (512, 512, 130)
+    xx, yy = np.meshgrid(np.arange(512), np.arange(512), indexing="ij")
+    body = ((xx - 256) / 230.0) ** 2 + ((yy - 256) / 170.0) ** 2 < 1.0
+    data = np.where(body[..., None], 40.0, -1000.0) + rng.normal(0.0, 20.0, shape)
+    voxels = np.broadcast_to(body[..., None], shape)
+    heat = np.where(voxels, rng.normal(2.0, 2.0, shape), -9.0).astype(np.float32)
+    result = SimpleNamespace(heatmap=heat, mask=(heat > 6.0).astype(np.uint8), scored_voxels=voxels,
+                             scored=np.ones(130, bool), slice_scores=heat.max(axis=(0, 1)), threshold=4.0,
+                             slice_axis=2, window=(-160.0, 240.0))  # fmt: skip
+    volume = Volume(data.astype(np.float32), np.diag([0.7, 0.7, 2.5, 1.0]), "CT", "big.nii.gz", {})
+    page = report.write_case_html(tmp_path / "big.html", case_id="big", overlays=[],
+                                  slice_scores=result.slice_scores,
+                                  scored=result.scored, threshold=4.0, score=8.0,
+                                  viewer=report.viewer_data(volume, result))  # fmt: skip
+    assert page.stat().st_size <= 15 * 2**20
+
+
+def test_cohort_html_links_are_relative_and_quoted(tmp_path: Path) -> None:
+    runs = tmp_path / "batch" / "cases"
+    for case_id in ("pat 1", "b#2"):
+        (runs / case_id).mkdir(parents=True)
+        (runs / case_id / "report.html").write_text("<html></html>")
+    pages = {c: runs / c / "report.html" for c in ("pat 1", "b#2")}
+    staging = tmp_path / "other" / ".eval.partial"  # written here, renamed to other/eval afterwards
+    cases = [{"case_id": "pat 1", "score": 2.0}, {"case_id": "b#2", "score": 1.0}, {"case_id": "c", "score": 0.0}]
+    html = report.write_cohort_html(staging / "report.html", cases=cases, case_pages=pages,
+                                    link_from=tmp_path / "other" / "eval").read_text()  # fmt: skip
+    hrefs = [value for _, name, value in _refs(html) if name == "href"]
+    assert hrefs == ["../../batch/cases/pat%201/report.html", "../../batch/cases/b%232/report.html"]
+    assert "Case ids link to the case pages." in html
+    lone = report.write_cohort_html(tmp_path / "lone.html", cases=[{"case_id": "x", "score": 1.0}]).read_text()
+    assert "No case page was found" in lone
+
+
+def test_score_curve_ticks_are_whole_slices_and_round_values() -> None:
+    from aaclip_med.report.plots import nice_ticks, score_curve_svg
+
+    scores = np.array([-0.401, 0.2, 2.29, 1.4] * 10)
+    svg = str(score_curve_svg(scores, np.ones(40, bool), 0.943))
+    ticks = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="(end|middle)">(-?[\d.]+)</text>', svg)
+    y = [float(v) for anchor, v in ticks if anchor == "end"]
+    x = [float(v) for anchor, v in ticks if anchor == "middle"]
+    assert y == [-0.5, 0.0, 0.5, 1.0, 1.5, 2.0] and x == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert 'data-x0="' in svg and 'data-x1="' in svg  # the viewer's click hooks
+    assert nice_ticks(-22.3, -7.1) == [-20.0, -15.0, -10.0] and nice_ticks(0.0, 1.0, 7, integer=True) == [0.0, 1.0]
+
+
+def test_overlay_colour_bar_is_fixed_in_map_units(tmp_path: Path) -> None:
+    """Slices with other heat levels give the same value the same colour: the scale hangs on the threshold."""
+    image = np.zeros((32, 32), np.float32)
+    heat = np.full((32, 32), 3.0, np.float32)
+    hotter = heat + 100.0 * (np.arange(32) == 0)
+    paths = report.write_overlays([report.OverlaySlice(0, image, heat), report.OverlaySlice(1, image, hotter)],
+                                  tmp_path, threshold=3.0)  # fmt: skip
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in paths)
+    assert (a[300, 250] == b[300, 250]).all()  # the image centre: the same value 3.0, the same colour
+    bar = a[500:515, 50:450].astype(int)  # the colour bar band under the image
+    assert bar[..., 0].std() > 30  # a gradient
+    cyan = (bar[..., 0] < 60) & (bar[..., 1] > 200) & (bar[..., 2] > 200)
+    assert cyan.any() and abs(np.flatnonzero(cyan.any(axis=0)).mean() - 200) < 6  # threshold mark at mid-bar

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aaclip_med._files import case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
@@ -24,6 +25,11 @@ __all__ = ["EvalResult", "evaluate", "find_runs"]
 
 logger = logging.getLogger(__name__)
 
+_CASE_NOTE = (
+    "Case ids link to the case pages: for a case with a reference mask, its evaluation page "
+    "(cases/<case_id>.html: "
+    "the slice viewer with the reference outline in green, and the case's metrics); else the run's report.html."
+)
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")
 
 
@@ -110,6 +116,24 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
     raise ManifestError(msg)
 
 
+def _case_pages(
+    cases: list[Case], cases_dir: Path, rows: list[dict[str, Any]], out: Path, tmp: Path
+) -> dict[str, Path]:
+    """Write ``cases/<id>.html`` (viewer with the reference mask) where a mask exists; every case's page link."""
+    from aaclip_med.cohort.case_pages import write_eval_case_page
+
+    by_id = {str(r["case_id"]): r for r in rows}
+    pages: dict[str, Path] = {}
+    for case in cases:
+        case_dir = cases_dir / case.case_id
+        name = f"cases/{case.case_id}.html"
+        if write_eval_case_page(case, case_dir, by_id.get(case.case_id, {}), tmp / name) is not None:
+            pages[case.case_id] = out / name
+        elif (case_dir / "report.html").is_file():
+            pages[case.case_id] = case_dir / "report.html"
+    return pages
+
+
 def evaluate(
     predictions: PathLike,
     labels: PathLike,
@@ -175,11 +199,11 @@ def evaluate(
                                  sheets.provenance_model.get("metadata"), [labels],
                                  name_input=Naming().path)  # label paths often hold a patient's name: hashed
         names["report"] = "report.html"
-        link = "../cases/{case_id}/report.html" if cases_dir.name == "cases" else "../report.html"
+        pages = _case_pages(cases, cases_dir, sheets.cases, out, tmp)
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
                                  failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
-                                 title="aaclip-med evaluation", case_link=link,
-                                 verdicts=sheets.verdicts)  # fmt: skip
+                                 title="aaclip-med evaluation", case_pages=pages, link_from=out,
+                                 verdicts=sheets.verdicts, case_note=_CASE_NOTE)  # fmt: skip
         names["marker"] = MARKER
         prov["outputs"] = [*written_files(tmp), MARKER]
         report.write_json(prov, tmp / MARKER)

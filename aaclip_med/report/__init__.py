@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from aaclip_med.report.html import UNTRAINED_BANNER, png_data_uri, write_case_html, write_cohort_html
 from aaclip_med.report.overlays import (
+    HEAT_HALF_SPAN,
     UNTRAINED_CAPTION,
     OverlaySlice,
+    heat_scale,
     slice_position_mm,
     top_slices,
     volume_overlay_slices,
@@ -26,12 +28,15 @@ from aaclip_med.report.overlays import (
 )
 from aaclip_med.report.run_json import input_record, package_versions, provenance
 from aaclip_med.report.sheets import SLICE_COLUMNS, slice_rows, to_jsonable, write_json, write_sheet, write_xlsx
+from aaclip_med.report.viewer import viewer_data
 
 __all__ = [
+    "HEAT_HALF_SPAN",
     "SLICE_COLUMNS",
     "UNTRAINED_BANNER",
     "UNTRAINED_CAPTION",
     "OverlaySlice",
+    "heat_scale",
     "input_record",
     "package_versions",
     "png_data_uri",
@@ -40,6 +45,7 @@ __all__ = [
     "slice_rows",
     "to_jsonable",
     "top_slices",
+    "viewer_data",
     "volume_overlay_slices",
     "window_limits",
     "write_case_html",

@@ -12,14 +12,18 @@ import functools
 import json
 import logging
 import math
+import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
+from aaclip_med.report.overlays import HEAT_HALF_SPAN
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
 from aaclip_med.report.sheets import _columns, to_jsonable
 
@@ -134,11 +138,13 @@ def write_case_html(
     preset: str | None = None,
     histogram_values: Array | None = None,
     flagged: Array | None = None,
+    viewer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the one-page report of a case.
 
-    Sections: summary (volume score, flagged slices), top slices (the overlays), slice-score curve, score
-    histogram, metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
+    Sections: summary (volume score, flagged slices), the slice viewer (every slice, when ``viewer`` is given),
+    top slices (the overlays), slice-score curve (a click shows that slice in the viewer), score histogram,
+    metrics (when labels exist), QA warnings and provenance. An untrained backbone puts a banner on
     top of the page.
 
     Args:
@@ -157,6 +163,7 @@ def write_case_html(
         histogram_values: Values for the histogram; default the scores of the scored slices.
         flagged: ``(n_slices,)`` bool, the flagged slices (``VolumeResult.flagged``: slices with a mask voxel);
             default scored slices whose score exceeds the threshold.
+        viewer: The slice viewer's data (:func:`~aaclip_med.report.viewer_data`); None: no viewer.
 
     Returns:
         The written path.
@@ -182,6 +189,10 @@ def write_case_html(
         untrained=untrained,
         summary=summary,
         overlays=[{"name": Path(p).stem, "uri": png_data_uri(p)} for p in overlays],
+        viewer_json=_script_json(viewer) if viewer else "",
+        has_reference="reference" in (viewer or {}).get("channels", {}),
+        heat_half_span=format_value(HEAT_HALF_SPAN),
+        viewer_note=_viewer_note(viewer) if viewer else "",
         curve_svg=score_curve_svg(scores, scored_b, threshold),
         histogram_svg=histogram_svg(hist_source, threshold, label="slice score"),
         metrics=sorted((metrics or {}).items()),
@@ -190,6 +201,28 @@ def write_case_html(
         provenance_items=_provenance_items(provenance or {}, preset, threshold),
         created=(provenance or {}).get("created_utc", ""),
     )
+
+
+def _script_json(data: Mapping[str, Any]) -> Markup:
+    """JSON for a ``<script type="application/json">`` element: no ``<``, ``>`` or ``&`` can end the element."""
+    text = json.dumps(to_jsonable(data), separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _viewer_note(viewer: Mapping[str, Any]) -> str:
+    n, rows, cols = viewer["shape"]
+    note = f"{n} slices of {rows} x {cols} pixels"
+    if viewer.get("factor", 1) > 1:
+        note += f" (in-plane reduced {viewer['factor']}x for the page; the NIfTI outputs keep the full grid)"
+    if not viewer.get("reformat"):
+        note += "; no coronal or sagittal view: the slices are too thick for the in-plane spacing"
+    return note + "."
+
+
+def _relative_link(target: Path, base: Path) -> str:
+    """A URL-quoted link to ``target`` relative to the folder ``base``: it works from disk and when served."""
+    relative = os.path.relpath(target.resolve(), base.resolve())
+    return urllib.parse.quote(Path(relative).as_posix())
 
 
 def _is_number(value: Any) -> bool:
@@ -231,8 +264,10 @@ def write_cohort_html(
     untrained: bool = False,
     title: str = "aaclip-med cohort report",
     sort_by: str = "score",
-    case_link: str = "cases/{case_id}/report.html",
+    case_pages: Mapping[str, PathLike] | None = None,
+    link_from: PathLike | None = None,
     verdicts: Sequence[str] = (),
+    case_note: str = "Case ids link to the case pages.",
 ) -> Path:
     """Write the cohort page: summary metrics, the case table (sorted, linked to case pages) and failures.
 
@@ -245,13 +280,19 @@ def write_cohort_html(
         untrained: Show the untrained-model banner.
         title: The page title.
         sort_by: Column to sort the case table by, highest first (rows without it go last).
-        case_link: Relative link of a case page; the case id is linked only when that file exists.
+        case_pages: Case id -> the final path of its page; only these case ids are linked. Default
+            ``<page folder>/cases/<case_id>/report.html`` where it exists. Links are relative and URL-quoted,
+            so the folder works opened from disk.
+        link_from: The folder the page will finally sit in (default ``path``'s folder; pass it when ``path`` is
+            a staging folder).
         verdicts: Sentences comparing the model with the trivial baselines (shown above the summary table).
+        case_note: What the case links open (shown above the case table when a case is linked).
 
     Returns:
         The written path.
     """
     root = Path(path).parent
+    base = Path(link_from) if link_from is not None else root
 
     def numeric_key(row: Mapping[str, Any]) -> tuple[bool, float]:
         value = row.get(sort_by)
@@ -259,10 +300,16 @@ def write_cohort_html(
         return (not math.isfinite(number), -number if math.isfinite(number) else 0.0)
 
     def link(row: Mapping[str, Any]) -> str | None:
-        href = case_link.format(case_id=row["case_id"]) if "case_id" in row else None
-        return href if href is not None and (root / href).is_file() else None
+        if "case_id" not in row:
+            return None
+        case_id = str(row["case_id"])
+        if case_pages is not None:  # the caller's pages (they may not exist yet: staged output)
+            return _relative_link(Path(case_pages[case_id]), base) if case_id in case_pages else None
+        page = base / "cases" / case_id / "report.html"
+        return _relative_link(page, base) if page.is_file() else None
 
     ordered = sorted(cases, key=numeric_key)
+    links = [link(row) for row in ordered]
     prov = provenance or {}
     return _render(
         "cohort_report.html",
@@ -272,7 +319,8 @@ def write_cohort_html(
         n_cases=len(cases),
         n_failures=len(failures),
         sort_by=sort_by,
-        cases_table=_table(ordered, [link(row) for row in ordered]),
+        cases_table=_table(ordered, links),
+        case_note=case_note if any(links) else "No case page was found to link to.",
         summary_table=_table(summary),
         verdicts=list(verdicts),
         failures_table=_table(failures),

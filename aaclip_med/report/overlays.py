@@ -2,7 +2,8 @@
 
 Matplotlib is used through :class:`matplotlib.figure.Figure` and the Agg canvas directly, so no pyplot state is
 created and the caller's backend (a notebook's inline backend, say) is left alone. The heat colours are
-normalised per volume for display only (DESIGN §0); the caption keeps the raw score in map units. Heat is drawn
+on a fixed scale in map units, the threshold +- :data:`HEAT_HALF_SPAN` (:func:`heat_scale`), shown by a colour bar
+with the threshold marked, so that the same colour is the same map value in every report. Heat is drawn
 only where the model scored (``VolumeResult.scored_voxels``: inside the foreground), and the grey image uses the
 window the model saw (``VolumeResult.window``, from :func:`aaclip_med.intensity.window_bounds`).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import numpy as np
 
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
     from aaclip_med.volume import Volume
 
 __all__ = [
+    "HEAT_HALF_SPAN",
     "UNTRAINED_CAPTION",
     "OverlaySlice",
     "WindowSpec",
+    "heat_scale",
     "slice_position_mm",
     "top_slices",
     "volume_overlay_slices",
@@ -45,6 +48,22 @@ UNTRAINED_CAPTION = "UNTRAINED BACKBONE \u2014 not a diagnostic result"
 WindowSpec: TypeAlias = "tuple[float, float] | WindowConfig | ModalityPreset | str | None"
 _WORLD_AXES = ("x", "y", "z")  # RAS+ world axes of Volume.affine
 _MASK_COLOUR = "#00e5ff"
+# The heat colours run from threshold - HEAT_HALF_SPAN to threshold + HEAT_HALF_SPAN map units, whatever the
+# volume: the same colour is the same map value in every report of a model. At the default threshold of a
+# 4-level model (2.0), +-4 map units is a cosine-similarity difference of +-0.02 per level (50 * 0.02 * 4).
+HEAT_HALF_SPAN = 4.0
+
+
+def heat_scale(threshold: float) -> tuple[float, float]:
+    """The fixed heat colour range ``(floor, top)`` in map units: the threshold +- :data:`HEAT_HALF_SPAN`.
+
+    Heat at or below the floor is not drawn; heat above the top has the top colour.
+
+    Example:
+        >>> heat_scale(2.0)
+        (-2.0, 6.0)
+    """
+    return float(threshold) - HEAT_HALF_SPAN, float(threshold) + HEAT_HALF_SPAN
 
 
 class OverlaySlice(NamedTuple):
@@ -135,7 +154,7 @@ def top_slices(slice_scores: Array, scored: Array, n: int = 6) -> list[int]:
     return order[: max(n, 0)]
 
 
-def slice_position_mm(affine: Array, shape: Sequence[int], axis: int, index: int) -> tuple[float, str]:
+def slice_position_mm(affine: Array, shape: Sequence[int], axis: int, index: float) -> tuple[float, str]:
     """Return the world position (mm) of a slice centre along the world axis closest to the slice axis.
 
     Args:
@@ -194,9 +213,8 @@ def write_volume_overlays(
 ) -> list[Path]:
     """Write overlays of the ``n`` top-scoring scored slices of a volume.
 
-    The heat is shown from the 90th percentile of the map over the scored voxels up to its maximum (display
-    only), so the top of the map stands out whatever the volume's overall level; voxels the model did not score
-    (outside the foreground, skipped slices) get no heat.
+    The heat colours follow the fixed scale :func:`heat_scale` around ``result.threshold`` (map units, the same
+    in every report); voxels the model did not score (outside the foreground, skipped slices) get no heat.
 
     Args:
         volume: The scored volume.
@@ -213,19 +231,13 @@ def write_volume_overlays(
     if not indices:
         logger.info("No scored slice in %s; no overlays written", volume.source)
         return []
-    heat = np.asarray(result.heatmap)
-    if result.scored_voxels is not None:
-        heat_scored = heat[np.asarray(result.scored_voxels, dtype=bool)]
-    else:
-        heat_scored = np.moveaxis(heat, result.slice_axis, 0)[np.asarray(result.scored, dtype=bool)]
-    heat_range = (float(np.percentile(heat_scored, 90)), float(heat_scored.max()))
     if window is None:
         window = result.window if result.window is not None else result.preset
     return write_overlays(
         volume_overlay_slices(volume, result, indices),
         out_dir,
         window=window,
-        heat_range=heat_range,
+        threshold=float(result.threshold),
         untrained=result.untrained_backbone,
     )
 
@@ -236,22 +248,25 @@ def write_overlays(
     *,
     window: WindowSpec = None,
     heat_range: tuple[float, float] | None = None,
+    threshold: float | None = None,
     untrained: bool = False,
     cmap: str = "inferno",
     size_px: int = 500,
     dpi: int = 100,
 ) -> list[Path]:
-    """Write one ``slice_<index>.png`` per slice: window, heat above a display floor, mask contour, caption.
+    """Write one ``slice_<index>.png`` per slice: window, heat, mask contour, colour bar, caption and legend.
 
     Args:
         slices: The slices (tuples with the fields of :class:`OverlaySlice` are accepted).
         out_dir: Folder for the PNGs (created if needed).
         window: Display window for the image (see :func:`window_limits`).
         heat_range: ``(floor, top)`` of the heat colours in map units; heat at or below ``floor`` is not drawn.
-            None: the 90th percentile and the maximum of the heat over all given slices.
+            None: :func:`heat_scale` of ``threshold`` (fixed units), else the 90th percentile and the maximum
+            of the heat over all given slices.
+        threshold: The map threshold, marked on the colour bar.
         untrained: Put the untrained-backbone warning on every image.
         cmap: Matplotlib colour map of the heat.
-        size_px: Image width in pixels; the height is 1.1 times the width (caption band).
+        size_px: Image width in pixels; the height is 1.2 times the width (colour bar and caption band).
         dpi: Rendering resolution.
 
     Returns:
@@ -275,12 +290,11 @@ def write_overlays(
                 )
                 raise GeometryError(msg)
     if heat_range is None:
-        heat_range = _default_heat_range([s.heat for s in items if s.heat is not None])
+        heats = [s.heat for s in items if s.heat is not None]
+        heat_range = heat_scale(threshold) if threshold is not None else _default_heat_range(heats)
+    style = _Style(heat_range, threshold, untrained, cmap, size_px, dpi)
     out = Path(out_dir)
-    return [
-        _render(item, out / f"slice_{item.slice_index:04d}.png", window, heat_range, untrained, cmap, size_px, dpi)
-        for item in items
-    ]
+    return [_render(item, out / f"slice_{item.slice_index:04d}.png", window, style) for item in items]
 
 
 def _default_heat_range(heats: list[Array]) -> tuple[float, float]:
@@ -314,43 +328,62 @@ def _caption(item: OverlaySlice) -> str:
     return "   |   ".join(parts)
 
 
-def _render(
-    item: OverlaySlice,
-    path: Path,
-    window: WindowSpec,
-    heat_range: tuple[float, float],
-    untrained: bool,
-    cmap: str,
-    size_px: int,
-    dpi: int,
-) -> Path:
+class _Style(NamedTuple):
+    heat_range: tuple[float, float]
+    threshold: float | None
+    untrained: bool
+    cmap: str
+    size_px: int
+    dpi: int
+
+
+def _colour_bar(fig: Any, style: _Style) -> None:
+    """A horizontal colour bar in map units under the image, the threshold marked in cyan."""
+    from matplotlib import colormaps
+
+    floor, top = style.heat_range
+    bar = fig.add_axes((0.1, 0.165, 0.8, 0.028))
+    bar.imshow(np.linspace(0.0, 1.0, 256)[None, :], aspect="auto", cmap=colormaps[style.cmap],
+               extent=(floor, top, 0.0, 1.0))  # fmt: skip
+    bar.set_yticks([])
+    bar.tick_params(axis="x", colors="white", labelsize=10, length=3, pad=2)
+    for spine in bar.spines.values():
+        spine.set_color("#888888")
+    if style.threshold is not None and floor <= style.threshold <= top:
+        bar.axvline(style.threshold, color=_MASK_COLOUR, linewidth=2.5)
+        bar.text(style.threshold, 1.25, f"threshold {style.threshold:.4g}", color=_MASK_COLOUR, fontsize=10,
+                 ha="center", va="bottom", transform=bar.get_xaxis_transform())  # fmt: skip
+
+
+def _render(item: OverlaySlice, path: Path, window: WindowSpec, style: _Style) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     image = np.nan_to_num(np.asarray(item.image, dtype=np.float64))
     lo, hi = window_limits(image, window)
-    width_in = size_px / dpi
-    fig = Figure(figsize=(width_in, 1.1 * width_in), dpi=dpi, facecolor="black")
+    width_in = style.size_px / style.dpi
+    fig = Figure(figsize=(width_in, 1.2 * width_in), dpi=style.dpi, facecolor="black")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.0, 0.1, 1.0, 0.82))
+    ax = fig.add_axes((0.0, 0.26, 1.0, 0.7))
     ax.set_axis_off()
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if item.heat is not None:
-        ax.imshow(_heat_rgba(item.heat, heat_range, cmap), interpolation="nearest")
+        ax.imshow(_heat_rgba(item.heat, style.heat_range, style.cmap), interpolation="nearest")
+        _colour_bar(fig, style)
     if item.mask is not None and np.any(np.asarray(item.mask) > 0):
         ax.contour(
-            (np.asarray(item.mask) > 0).astype(np.float32), levels=[0.5], colors=_MASK_COLOUR, linewidths=1.2
+            (np.asarray(item.mask) > 0).astype(np.float32), levels=[0.5], colors=_MASK_COLOUR, linewidths=1.5
         )
-    if untrained:
+    if style.untrained:
         fig.text(
-            0.5, 0.96, UNTRAINED_CAPTION, ha="center", va="center", color="#ff5050", fontsize=11, fontweight="bold"
+            0.5, 0.98, UNTRAINED_CAPTION, ha="center", va="center", color="#ff5050", fontsize=12, fontweight="bold"
         )
-    fig.text(0.5, 0.065, _caption(item), ha="center", va="center", color="white", fontsize=10)
-    legend = f"heat shown above {heat_range[0]:.4g} (map units)"
+    fig.text(0.5, 0.075, _caption(item), ha="center", va="center", color="white", fontsize=12)
+    legend = "heat: map units (colour bar)" if item.heat is not None else ""
     if item.mask is not None:
-        legend += "   cyan: mask"
-    fig.text(0.5, 0.025, legend, ha="center", va="center", color="#aaaaaa", fontsize=8)
+        legend += "   cyan outline: mask"
+    fig.text(0.5, 0.03, legend.strip(), ha="center", va="center", color="#dddddd", fontsize=11)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
+        fig.savefig(tmp, format="png", dpi=style.dpi, facecolor="black")
     logger.debug("Wrote overlay %s", path)
     return path

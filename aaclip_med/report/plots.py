@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from aaclip_med._typing import Array
 
-__all__ = ["histogram_svg", "score_curve_svg"]
+__all__ = ["histogram_svg", "nice_ticks", "score_curve_svg"]
 
 _PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 56, 16, 14, 34
 _THRESHOLD_COLOUR = "#d62728"
@@ -44,16 +44,13 @@ class _Frame:
             f'<line x1="{left}" y1="{bottom}" x2="{self.width - _PAD_RIGHT}" y2="{bottom}" stroke="#444"/>',
             f'<line x1="{left}" y1="{_PAD_TOP}" x2="{left}" y2="{bottom}" stroke="#444"/>',
         ]
-        y_ticks = np.linspace(self.y0, self.y1, 5)
-        if y_integer:  # counts: whole numbers only
-            y_ticks = np.unique(np.floor(y_ticks))
-        for value in y_ticks:
+        for value in nice_ticks(self.y0, self.y1, 6, integer=y_integer):
             y = self.y(value)
             parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#444"/>')
-            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-        for value in np.linspace(self.x0, self.x1, 6):
+            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(value)}</text>')
+        for value in nice_ticks(self.x0, self.x1, 7, integer=x_integer):
             x = self.x(value)
-            label = f"{round(value)}" if x_integer else f"{value:.3g}"
+            label = _tick_label(value)
             parts.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#444"/>')
             parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{label}</text>')
         parts.append(
@@ -87,6 +84,31 @@ class _Frame:
         )
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round tick values inside ``[lo, hi]``: steps of 1, 2, 2.5 or 5 times a power of ten (or whole numbers).
+
+    Example:
+        >>> nice_ticks(-0.401, 2.29)
+        [0.0, 0.5, 1.0, 1.5, 2.0]
+        >>> nice_ticks(0.0, 39.0, 7, integer=True)
+        [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0]
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return [float(lo)] if np.isfinite(lo) else []
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = min((m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0)), key=lambda v: abs(np.log(v / raw)))
+    if integer:
+        step = max(1.0, float(np.ceil(step)))
+    first = np.ceil(lo / step - 1e-9) * step
+    ticks = first + step * np.arange(int(np.floor((hi - first) / step + 1e-9)) + 1)
+    return [float(np.round(t / step) * step) + 0.0 for t in ticks]
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:.6g}"
+
+
 def _padded(lo: float, hi: float, pad: float) -> tuple[float, float]:
     if not np.isfinite(lo) or not np.isfinite(hi):
         return 0.0, 1.0
@@ -96,10 +118,10 @@ def _padded(lo: float, hi: float, pad: float) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
+def _svg(width: int, height: int, title: str, body: list[str], attributes: str = "") -> Markup:
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" font-family="sans-serif" font-size="11" fill="#222">'
+        f'height="{height}" role="img" font-family="sans-serif" font-size="11" fill="#222"{attributes}>'
         f"<title>{escape(title)}</title>"
     )
     return Markup(head + "".join(body) + "</svg>")
@@ -111,7 +133,9 @@ def score_curve_svg(
     """Draw the slice scores along the volume with the threshold line.
 
     Scored slices form the curve (broken across skipped slices), flagged slices (score above the threshold) are
-    red dots, skipped slices are grey ticks under the axis.
+    red dots, skipped slices are grey ticks under the axis. X ticks are whole slice indices, y ticks round values.
+    The ``data-x0``/``data-x1`` attributes (x of slice 0 and of the last slice) and ``data-y0``/``data-y1`` (the
+    plot's top and bottom) let the report's viewer map a click to a slice and draw its cursor.
 
     Args:
         slice_scores: ``(n_slices,)`` slice scores in map units.
@@ -146,7 +170,11 @@ def score_curve_svg(
             f"<title>slice {k}: {scores[k]:.4g}</title></circle>"
         )
     body.append(frame.threshold(threshold, horizontal=True))
-    return _svg(width, height, "Slice score along the volume", body)
+    hooks = (
+        f' data-x0="{frame.x(0):.1f}" data-x1="{frame.x(max(scores.size - 1, 1)):.1f}" '
+        f'data-y0="{_PAD_TOP}" data-y1="{height - _PAD_BOTTOM}"'
+    )
+    return _svg(width, height, "Slice score along the volume", body, hooks)
 
 
 def histogram_svg(
