@@ -322,7 +322,6 @@ def eval_(
     Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
     """
     check_paths(predictions, labels)
-    _heavy_imports("the evaluation")
     from aaclip_med.cohort import evaluate
 
     res = evaluate(predictions, labels, out, normalisation=normalisation, xlsx=xlsx,

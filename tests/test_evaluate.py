@@ -179,13 +179,19 @@ def test_verdicts_say_when_neither_beats_chance() -> None:
     assert "the model beats" in verdicts(rows)[0]
 
 
-def test_eval_pages_link_to_case_pages_with_the_reference_mask(scored: tuple[Path, Path], tmp_path: Path) -> None:
+def test_eval_pages_link_to_case_pages_with_the_reference_mask(
+    scored: tuple[Path, Path], nifti_path: Path, tmp_path: Path
+) -> None:
     """Links are relative and resolve on disk wherever -o puts the evaluation; the case page shows the mask."""
     from urllib.parse import unquote
 
     run_dir, mask = scored
+    no_image = evaluate(run_dir, mask, tmp_path / "no_image")  # run.json holds a hash of the input: no page
+    assert not (no_image.out_dir / "cases").exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"case_id,image,mask\nrun,{nifti_path},{mask}\n")
     for out in (run_dir / "evaluation", tmp_path / "elsewhere" / "eval"):
-        res = evaluate(run_dir, mask, out)
+        res = evaluate(run_dir, labels, out)
         html = (res.out_dir / "report.html").read_text()
         hrefs = [unquote(h) for h in re.findall(r'href="([^"]+)"', html)]
         assert hrefs == ["cases/run.html"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aaclip_med.case_folder import MARKER
+from aaclip_med._files import MARKER
 from aaclip_med.cohort.manifest import Case
 from aaclip_med.cohort.summary import _read_array, _slice_table
 from aaclip_med.errors import AACLIPMedError
@@ -77,6 +77,10 @@ def write_eval_case_page(case: Case, case_dir: Path, row: Mapping[str, Any], pat
         return None
     record = json.loads((case_dir / MARKER).read_text(encoding="utf-8"))
     qa = dict(json.loads((case_dir / "qa.json").read_text(encoding="utf-8")))
+    if str(case.image).startswith("sha256:"):
+        logger.warning("%s: no evaluation page: the run recorded its input as a hash; give the image in an "
+                       "'image' column of the labels CSV (or run with --keep-names)", case.case_id)  # fmt: skip
+        return None
     try:
         volume = read_volume(case.image)
         reference = read_volume(case.mask).data > 0
