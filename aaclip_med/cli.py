@@ -117,6 +117,8 @@ _SCORING_KEYS = {
     "progress": "inference.progress", "trust_pickle": "inference.trust_pickle",
     "parametric_map": "export.parametric_map", "fractional_seg": "export.fractional_seg",
     "include_phi": "export.include_phi", "score_region": "inference.score_region",
+    "reference": "inference.reference", "fusion": "inference.fusion", "fusion_weight": "inference.fusion_weight",
+    "memory_blur": "inference.memory_blur",
 }  # fmt: skip
 _SWITCHES = frozenset({"trust_pickle", "parametric_map", "fractional_seg", "include_phi"})
 
@@ -170,6 +172,10 @@ NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progres
 RegionOpt = Annotated[
     str | None, typer.Option(help="Slice score: max inside the foreground (default) or the whole image (ref.).")
 ]
+ReferenceOpt = Annotated[str | None, typer.Option(help="Normal-reference memory (`aaclip-med reference build`).")]
+FusionOpt = Annotated[str | None, typer.Option(help="With --reference: fused (default), memory or text map.")]
+FusionWeightOpt = Annotated[float | None, typer.Option(min=0, max=1, help="Memory weight in the fused map (0.5).")]
+MemoryBlurOpt = Annotated[float | None, typer.Option(min=0, help="Memory-map blur sigma in patches (0: none).")]
 
 
 @app.command()
@@ -196,6 +202,10 @@ def run(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    reference: ReferenceOpt = None,
+    fusion: FusionOpt = None,
+    fusion_weight: FusionWeightOpt = None,
+    memory_blur: MemoryBlurOpt = None,
 ) -> None:
     """Score one study: heatmap, mask, DICOM SEG and report.
 
@@ -208,7 +218,8 @@ def run(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
-        score_region=score_region,
+        score_region=score_region, reference=reference, fusion=fusion, fusion_weight=fusion_weight,
+        memory_blur=memory_blur,
     )  # fmt: skip
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index)
     res = outputs.result
@@ -254,6 +265,10 @@ def batch(
     include_phi: PhiOpt = False,
     no_progress: NoProgressOpt = False,
     score_region: RegionOpt = None,
+    reference: ReferenceOpt = None,
+    fusion: FusionOpt = None,
+    fusion_weight: FusionWeightOpt = None,
+    memory_blur: MemoryBlurOpt = None,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
 
@@ -266,7 +281,8 @@ def batch(
         threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
         min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
         parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi,
-        score_region=score_region,
+        score_region=score_region, reference=reference, fusion=fusion, fusion_weight=fusion_weight,
+        memory_blur=memory_blur,
     )  # fmt: skip
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
                      workers=workers, scheduler=scheduler, progress=not no_progress)  # fmt: skip
@@ -402,6 +418,44 @@ def weights_verify(
     check_adapter_state(expected, ckpt.state, ckpt.source)
     typer.echo(json.dumps({"source": ckpt.source, "sha256": ckpt.sha256, "metadata": ckpt.metadata}, indent=2))
     typer.echo(f"ok: {len(ckpt.state)} tensors fit {model}")
+
+
+reference_app = typer.Typer(help="Normal-reference memories: score against a site's own normal studies.")
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("build")
+@_user_errors
+def reference_build(
+    inputs: Annotated[list[Path], typer.Argument(help="Normal volumes, folders, or manifests (label 0 / masks).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Memory file to write (.safetensors).")],
+    preset: Annotated[str, typer.Option(help="Scoring preset (window, foreground, prompts).")],
+    model: Annotated[str, typer.Option(help="Model name (see `aaclip-med weights list`).")] = "aaclip-vitl14-336",
+    adapter_weights: AdapterOpt = None,
+    backbone_weights: BackboneOpt = None,
+    image_size: SizeOpt = None,
+    max_patches: Annotated[int, typer.Option(min=1, help="Patches kept per level (uniform random).")] = 20000,
+    max_slices: Annotated[int | None, typer.Option(min=1, help="Use at most N normal slices (random).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the slice/patch sample and a random backbone.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+) -> None:
+    """Build a normal-reference memory from normal studies.
+
+    Adapted patch tokens inside the foreground, with the scoring transforms; score with `run --reference OUT`.
+    """
+    from aaclip_med.model.factory import create_model
+    from aaclip_med.reference.build import build_reference
+
+    net = create_model(model, backbone_weights=backbone_weights, adapter_weights=adapter_weights, device=device,
+                       precision=precision, image_size=image_size, seed=seed)  # fmt: skip
+    memory = build_reference(inputs, out, model=net, preset=preset, max_patches=max_patches,
+                             max_slices=max_slices, seed=seed, batch_size=batch_size)  # fmt: skip
+    meta = memory.metadata
+    typer.echo(f"memory {out}: {memory.n_patches} of {meta['n_patches_collected']} normal patches per level, "
+               f"{meta['n_slices']} slices, {len(meta['sources'])} studies (sha256 {memory.sha256})")  # fmt: skip
+    typer.echo(f"use it: aaclip-med run STUDY --model {model} --preset {preset} --reference {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point used by ``python -m aaclip_med``

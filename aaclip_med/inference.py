@@ -122,6 +122,11 @@ def score_volume(
 
     cfg = config or InferenceConfig()
     preset_obj = resolve_preset(preset, volume)
+    reference = None
+    if cfg.reference is not None:  # normal-reference mode (aaclip_med.reference)
+        from aaclip_med.reference import attach_reference
+
+        model = reference = attach_reference(model, cfg, preset_obj)
     axis = volume.slice_axis
     n = volume.n_slices
     fg = foreground_mask(volume.data, preset_obj.foreground, slice_axis=axis)
@@ -168,6 +173,8 @@ def score_volume(
         unscored_value=unscored,
         unscored_rule=f"not scored (skipped slice, outside the score region): lowest scored - {UNSCORED_MARGIN:g}",
     )  # fmt: skip
+    if reference is not None:
+        qa["reference"] = reference.describe()
     return VolumeResult(
         score=aggregate_volume_score(slice_scores, scored, method=cfg.volume_score, k=cfg.topk),
         slice_scores=slice_scores,

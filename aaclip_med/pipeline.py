@@ -204,6 +204,7 @@ def _export(
         "window": result.qa.get("window"),
         "score_region": result.qa.get("score_region"),
         "unscored_value": result.unscored_value,
+        "reference": result.qa.get("reference"),  # normal-reference memory: path, sha256, fusion (or None)
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
