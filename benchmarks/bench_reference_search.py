@@ -48,7 +48,8 @@ def search_times(n_memory: int, repeats: int) -> dict[str, float]:
     for dtype in (torch.float32, torch.bfloat16):
         levels = tuple(_unit(n_memory, DIM, seed=10 + i).to(dtype) for i in range(LEVELS))
         mem = PatchMemory(levels, torch.zeros(n_memory, dtype=torch.long), {})
-        out[f"torch_{str(dtype).removeprefix('torch.')}_s"] = _median(lambda: memory_grid(seg, mem, GRID), repeats)
+        key = f"torch_{str(dtype).removeprefix('torch.')}_s"
+        out[key] = _median(lambda mem=mem: memory_grid(seg, mem, GRID), repeats)  # type: ignore[misc]
     try:
         import faiss  # type: ignore[import-not-found]
     except ImportError:
@@ -59,7 +60,8 @@ def search_times(n_memory: int, repeats: int) -> dict[str, float]:
             index = faiss.IndexFlatIP(DIM)
             index.add(_unit(n_memory, DIM, seed=10 + i).numpy())
             indexes.append(index)
-        out["faiss_s"] = _median(lambda: [ix.search(s[0].numpy(), 1) for ix, s in zip(indexes, seg)], repeats)
+        pairs = list(zip(indexes, seg, strict=True))
+        out["faiss_s"] = _median(lambda: [ix.search(s[0].numpy(), 1) for ix, s in pairs], repeats)
     return out
 
 
@@ -80,10 +82,16 @@ def main() -> None:
     info = machine(torch.device("cpu"))
     search = search_times(args.memory, args.repeats)
     seconds, precision = model_time(args.repeats)
-    result = {"machine": info, "memory_patches_per_level": args.memory, "query": f"{LEVELS} x {PATCHES} x {DIM}",
-              "search_s_per_slice": search, "model_s_per_slice": seconds, "model_precision": precision,
-              "overhead": {k: v / seconds for k, v in search.items()},
-              "memory_bytes": {"fp32": LEVELS * args.memory * DIM * 4, "fp16_file": LEVELS * args.memory * DIM * 2}}
+    result = {
+        "machine": info,
+        "memory_patches_per_level": args.memory,
+        "query": f"{LEVELS} x {PATCHES} x {DIM}",
+        "search_s_per_slice": search,
+        "model_s_per_slice": seconds,
+        "model_precision": precision,
+        "overhead": {k: v / seconds for k, v in search.items()},
+        "memory_bytes": {"fp32": LEVELS * args.memory * DIM * 4, "fp16_file": LEVELS * args.memory * DIM * 2},
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -26,7 +26,7 @@ runner = CliRunner()
 
 
 def _phantom(shift: int, plant: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth head-like ellipse (4 slices); ``plant`` puts a checkerboard of the same intensity range in 2 slices."""
+    """A smooth head-like ellipse (4 slices); ``plant``: a checkerboard of the same intensity range in 2 slices."""
     yy, xx = np.mgrid[:64, :64].astype(np.float32)
     head = ((yy - 32) / 26) ** 2 + ((xx - 32) / 22) ** 2 < 1
     vol, lab = np.zeros((64, 64, 4), np.float32), np.zeros((64, 64, 4), np.uint8)
@@ -59,7 +59,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     nib.save(nib.Nifti1Image(vol, np.eye(4)), paths["test"])
     nib.save(nib.Nifti1Image(lab, np.eye(4)), paths["label"])
     paths["ref"] = tmp / "ref.safetensors"
-    build_reference([paths["normal0"], paths["normal1"]], paths["ref"], model=_model(), preset="mri", max_patches=500)
+    normals = [paths["normal0"], paths["normal1"]]
+    build_reference(normals, paths["ref"], model=_model(), preset="mri", max_patches=500)
     paths["ref_tiny"] = tmp / "ref_tiny.safetensors"  # random adapters: the model also builds at another size/seed
     build_reference(paths["normal0"], paths["ref_tiny"], model=_model("aaclip-tiny"), preset="mri", max_patches=50)
     return paths
@@ -148,7 +149,9 @@ def test_bad_fusion_settings_are_refused() -> None:
 
 def test_manifest_sources_drop_lesion_slices(study: dict[str, Path], tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"case_id,image,mask,label\na,{study['test']},{study['label']},\nb,{study['normal0']},,1\n")
+    manifest.write_text(
+        f"case_id,image,mask,label\na,{study['test']},{study['label']},\nb,{study['normal0']},,1\n"
+    )
     mem = build_reference(manifest, tmp_path / "r.safetensors", model=_model(), preset="mri")
     assert mem.metadata["n_slices"] == 2 and len(mem.metadata["sources"]) == 1  # 4 slices, 2 with the lesion
     patches = build_reference(manifest, tmp_path / "p.safetensors", model=_model(), preset="mri",

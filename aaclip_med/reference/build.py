@@ -3,9 +3,10 @@
 Sources: normal volumes, a folder of them (:func:`~aaclip_med.cohort.manifest.discover`), or a manifest (rows with
 label 0, and rows with a mask; rows labelled 1 without a mask are skipped). Of a source with a mask, ``mask_rule``
 keeps the slices without mask voxels (``slices``, default) or every slice's patches more than one patch away from
-the mask (``patches``: more normal anatomy when lesions span the middle slices, as in BRATS). Each volume goes through the scoring preprocessing (:func:`~aaclip_med.inference.
-score_volume`'s foreground rule, one window per volume, :func:`~aaclip_med.transforms.slice_transform`); the
-model's adapted patch tokens at every level are kept where the patch is at least half foreground.
+the mask (``patches``: more normal anatomy when lesions span the middle slices, as in BRATS). Each volume goes
+through the scoring preprocessing (the foreground rule of :func:`~aaclip_med.inference.score_volume`, one window
+per volume, :func:`~aaclip_med.transforms.slice_transform`); the model's adapted patch tokens at every level are
+kept where the patch is at least half foreground.
 
 Subsampling: a uniform random sample (seeded) of at most ``max_patches`` patches, drawn while streaming (each patch
 gets a random key and the smallest keys stay), so memory never exceeds the bound plus one batch. Not a greedy
@@ -78,7 +79,7 @@ def reference_sources(inputs: Sequence[PathLike]) -> list[ReferenceSource]:
 def _normal_slices(
     source: ReferenceSource, preset: ModalityPreset, mask_rule: str
 ) -> tuple[Any, np.ndarray, list[int], Any, Any]:
-    """The volume, its foreground, the scored normal slices, the window and the lesion mask (as scoring sees them)."""
+    """The volume, its foreground, the normal scored slices, the window and the lesion mask (as scored)."""
     from aaclip_med.io import read_volume
 
     volume = read_volume(source.image, series=source.series)
@@ -214,8 +215,12 @@ def build_reference(
         "n_slices": n_slices,
         "n_patches_collected": pool.n_seen,
         "n_patches": int(group.numel()),
-        "subsample": {"method": "uniform random (streaming keys)", "bound": max_patches, "seed": seed,
-                      "max_slices": max_slices},  # fmt: skip
+        "subsample": {
+            "method": "uniform random (streaming keys)",
+            "bound": max_patches,
+            "seed": seed,
+            "max_slices": max_slices,
+        },  # fmt: skip
         "calibration": calibrate(pool),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "aaclip_med_version": __version__,
@@ -235,4 +240,3 @@ def _draw_slices(counts: list[int], max_slices: int | None, seed: int) -> list[l
     for j in sorted(pick):
         out[flat[j][0]].append(flat[j][1])
     return out
-
