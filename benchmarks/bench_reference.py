@@ -3,7 +3,8 @@
 For each unseen case of ``../shared/data/brain_brats2015_deepmedic`` (the ``test`` split), a memory is built with
 :func:`~aaclip_med.reference.build.build_reference` from the normal slices (no tumour voxel) of the three other
 cases, with 1, 4, 16 and all of them; the case is scored with :func:`~aaclip_med.inference.score_volume` as text
-only, memory only and fused, beside the raw FLAIR intensity. Pixel AUROC over all voxels and inside the brain
+only, memory only and fused (and, for the largest memory, with the memory map blurred), beside the raw FLAIR
+intensity. Pixel AUROC over all voxels and inside the brain
 mask, and AP over all voxels. Every ``--stride``-th slice of the unseen case is scored (a temporary NIfTI, nothing
 is written into the project) to keep the run in CPU minutes. The backbone is random (``demo`` at 224 px).
 
@@ -34,6 +35,7 @@ from aaclip_med.reference.build import build_reference
 
 DATA = ROOT.parent / "shared/data/brain_brats2015_deepmedic/brats2015TrainingData"
 SIZES: tuple[int | None, ...] = (1, 4, 16, None)  # None: all normal slices of the other cases
+BLUR = 1.5  # memory-map blur sigma in patches (9x9 kernel, the preset's text-map blur) measured against none
 
 
 def _strided(case: Path, stride: int, tmp: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
@@ -71,11 +73,15 @@ def evaluate_case(case: Path, others: list[Path], model: Any, stride: int, tmp: 
         mem = build_reference(manifest, ref, model=model, preset="brain_mri", max_slices=size, seed=0)
         row: dict[str, Any] = {"n_slices": mem.metadata["n_slices"], "n_patches": mem.n_patches,
                                "build_s": time.perf_counter() - t0}  # fmt: skip
-        for fusion in ("memory", "fused") if size is not None else ("text", "memory", "fused"):
-            cfg = InferenceConfig(reference=str(ref), fusion=fusion, progress=False)
+        variants = [("memory", 0.0), ("fused", 0.0)]
+        if size is None:  # the text map does not depend on the memory; the blur's effect on the largest memory
+            variants += [("text", 0.0), ("memory", BLUR), ("fused", BLUR)]
+        for fusion, blur in variants:
+            cfg = InferenceConfig(reference=str(ref), fusion=fusion, memory_blur=blur, progress=False)
             t0 = time.perf_counter()
             res = score_volume(model, volume, "brain_mri", config=cfg)
-            row[fusion] = {**_metrics(res.heatmap, lesion, brain), "score_s": time.perf_counter() - t0}
+            key = fusion if not blur else f"{fusion}_blur{blur:g}"
+            row[key] = {**_metrics(res.heatmap, lesion, brain), "score_s": time.perf_counter() - t0}
         if size is None:
             out["text"] = row.pop("text")
         out["sizes"]["all" if size is None else str(size)] = row
