@@ -427,7 +427,9 @@ app.add_typer(reference_app, name="reference")
 @reference_app.command("build")
 @_user_errors
 def reference_build(
-    inputs: Annotated[list[Path], typer.Argument(help="Normal volumes, folders, or manifests (label 0 / masks).")],
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUTS...", help="Normal volumes, folders, manifests (label 0/masks).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Memory file to write (.safetensors).")],
     preset: Annotated[str, typer.Option(help="Scoring preset (window, foreground, prompts).")],
     model: Annotated[str, typer.Option(help="Model name (see `aaclip-med weights list`).")] = "aaclip-vitl14-336",
@@ -440,18 +442,22 @@ def reference_build(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+    mask_rule: Annotated[str, typer.Option(help="Masked sources: lesion-free 'slices' or 'patches'.")] = "slices",
 ) -> None:
     """Build a normal-reference memory from normal studies.
 
     Adapted patch tokens inside the foreground, with the scoring transforms; score with `run --reference OUT`.
     """
     from aaclip_med.model.factory import create_model
-    from aaclip_med.reference.build import build_reference
+    from aaclip_med.reference.build import MASK_RULES, build_reference, reference_sources
 
+    if mask_rule not in MASK_RULES:  # cheap checks before the model build
+        _fail(f"--mask-rule {mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}")
+    reference_sources(inputs)
     net = create_model(model, backbone_weights=backbone_weights, adapter_weights=adapter_weights, device=device,
                        precision=precision, image_size=image_size, seed=seed)  # fmt: skip
-    memory = build_reference(inputs, out, model=net, preset=preset, max_patches=max_patches,
-                             max_slices=max_slices, seed=seed, batch_size=batch_size)  # fmt: skip
+    memory = build_reference(inputs, out, model=net, preset=preset, max_patches=max_patches, max_slices=max_slices,
+                             seed=seed, batch_size=batch_size, mask_rule=mask_rule)  # fmt: skip
     meta = memory.metadata
     typer.echo(f"memory {out}: {memory.n_patches} of {meta['n_patches_collected']} normal patches per level, "
                f"{meta['n_slices']} slices, {len(meta['sources'])} studies (sha256 {memory.sha256})")  # fmt: skip

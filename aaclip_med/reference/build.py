@@ -40,10 +40,11 @@ from aaclip_med.reference.calibration import Candidates, calibrate
 from aaclip_med.reference.memory import PatchMemory, identity, save_memory
 from aaclip_med.transforms import slice_transform
 
-__all__ = ["ReferenceSource", "build_reference", "reference_sources"]
+__all__ = ["MASK_RULES", "ReferenceSource", "build_reference", "reference_sources"]
 
 logger = logging.getLogger(__name__)
 
+MASK_RULES = ("slices", "patches")  # what a source's mask removes: its slices, or the patches near it
 PATCH_FOREGROUND = 0.5  # a patch joins the memory when at least half of its pixels are foreground
 
 
@@ -172,8 +173,8 @@ def build_reference(
     preset_obj = get_preset(preset)
     paths: list[PathLike] = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # type: ignore[arg-type]
     sources = reference_sources(paths)
-    if mask_rule not in ("slices", "patches"):
-        raise ConfigError(f"mask_rule={mask_rule!r} is not valid; use slices or patches.")
+    if mask_rule not in MASK_RULES:
+        raise ConfigError(f"mask_rule={mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}.")
     plans = [_normal_slices(src, preset_obj, mask_rule) for src in sources]
     chosen = _draw_slices([len(p[2]) for p in plans], max_slices, seed)
     gen = torch.Generator().manual_seed(seed)

@@ -18,7 +18,7 @@ from aaclip_med.reference.memory import SEARCH_BLOCK
 
 __all__ = ["CALIBRATION_PATCHES", "Candidates", "calibrate"]
 
-CALIBRATION_PATCHES = 4096  # normal patches scored held-out; the z-scores' mean/std vary by ~2 % between seeds
+CALIBRATION_PATCHES = 4096  # normal patches scored held out (a uniform random sample, like the memory)
 
 
 class _Sample:

@@ -4,7 +4,8 @@ A memory holds, for each of the model's 4 map levels, unit-norm adapted patch to
 of normal slices, the same patches at every level. The anomaly of a query patch at one level is its cosine
 distance to the nearest memory patch, ``1 - max_m <q, m>``; the memory map sums it over the levels (PatchCore /
 APRIL-GAN / MVFA-AD few-shot). The search is an exact chunked matmul whose temporary stays under
-:data:`SEARCH_BLOCK` scores however large the memory (faiss was not faster here: benchmarks/README.md).
+:data:`SEARCH_BLOCK` scores however large the memory (faiss-cpu is not installed here, so
+it was not measured or adopted: benchmarks/README.md).
 
 File: safetensors with tensors ``level0..level{L-1}`` (float16, ``(M, D)``), ``group`` (int32, ``(M,)``: the
 source volume of each patch) and one JSON metadata block (:data:`METADATA_KEY`): the model identity it was built
