@@ -215,7 +215,7 @@ class InferenceConfig:
     reference: str | None = None
     fusion: Fusion = "fused"
     fusion_weight: float = 0.5  # memory weight; 0.5 = the equal average of MVFA-AD / APRIL-GAN few-shot
-    memory_blur: float = 0.0  # Gaussian sigma in patches (0: none; the 9x9 blur lowered AP, benchmarks/README.md)
+    memory_blur: float = 0.0  # Gaussian sigma in patches (0: none, the sharp nearest-neighbour map; benchmarks/)
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail (or silently misbehave) after the slow model build."""

@@ -3,8 +3,8 @@
 Rule (README "Normal-reference mode"):
 
 - memory map: per patch and level, the cosine distance to the nearest memory patch, summed over the levels,
-  optionally blurred on the patch grid (``memory_blur``, sigma in patches; default off: the 9x9 blur lowered AP in
-  benchmarks/README.md), bilinearly upsampled as the text map;
+  optionally blurred on the patch grid (``memory_blur``, sigma in patches; default off, keeping the map sharp;
+  its measured effect is in benchmarks/README.md), bilinearly upsampled as the text map;
 - normalisation: both maps become z-scores against the reference's own normal patches (the mean and standard
   deviation stored in the memory at build time, :mod:`.calibration`), so "3" means three normal standard deviations
   for either map and for the fusion;
