@@ -29,9 +29,12 @@ from aaclip_med.cli_options import (
     ConfigOpt,
     DeviceOpt,
     FractionalSegOpt,
+    FusionOpt,
+    FusionWeightOpt,
     InputArg,
     KeepNamesOpt,
     MaskInputOpt,
+    MemoryBlurOpt,
     ModelOpt,
     NoProgressOpt,
     NoReportOpt,
@@ -46,6 +49,7 @@ from aaclip_med.cli_options import (
     PrecisionOpt,
     PresetOpt,
     QuietOpt,
+    ReferenceOpt,
     RegionOpt,
     SizeOpt,
     ThresholdOpt,
@@ -178,6 +182,10 @@ def run(
     organ: OrganOpt = None,
     organ_label: OrganLabelOpt = None,
     mask_outside_organ: MaskInputOpt = False,
+    reference: ReferenceOpt = None,
+    fusion: FusionOpt = None,
+    fusion_weight: FusionWeightOpt = None,
+    memory_blur: MemoryBlurOpt = None,
 ) -> None:
     """Score one study: heatmap, mask, DICOM SEG and report.
 
@@ -195,8 +203,9 @@ def run(
         no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
         score_region=score_region, backend=backend, organ=organ, organ_label=organ_label,
         mask_outside_organ=mask_outside_organ,
+        reference=reference, fusion=fusion, fusion_weight=fusion_weight, memory_blur=memory_blur,
     )  # fmt: skip
-    check_paths(input_path, organ_mask)
+    check_paths(input_path, organ_mask, Path(reference) if reference else None)
     inputs = [input_path] if organ_mask is None else [input_path, organ_mask]
     check_output_folder(out or default_output_dir(input_path), inputs, overwrite=overwrite)
     _heavy_imports("the scoring pipeline")
@@ -262,6 +271,10 @@ def batch(
     organ: OrganOpt = None,
     organ_label: OrganLabelOpt = None,
     mask_outside_organ: MaskInputOpt = False,
+    reference: ReferenceOpt = None,
+    fusion: FusionOpt = None,
+    fusion_weight: FusionWeightOpt = None,
+    memory_blur: MemoryBlurOpt = None,
 ) -> None:
     """Score a cohort (manifest or folder), resumably.
 
@@ -278,11 +291,13 @@ def batch(
         score_region=score_region,
         backend=backend,
         organ=organ, organ_label=organ_label, mask_outside_organ=mask_outside_organ,
+        reference=reference, fusion=fusion, fusion_weight=fusion_weight, memory_blur=memory_blur,
     )  # fmt: skip
     from aaclip_med._files import check_cohort_folder
 
     if not source.exists():
         fail(f"{source}: no such manifest CSV or data folder; check the path.")
+    check_paths(Path(reference) if reference else None)
     check_cohort_folder(out, [] if source.is_file() else [source], resume=resume, overwrite=overwrite,
                         num_parts=num_parts)  # fmt: skip
     _heavy_imports("the scoring pipeline")
@@ -438,6 +453,50 @@ def weights_verify(
     check_adapter_state(expected, ckpt.state, ckpt.source)
     typer.echo(json.dumps({"source": ckpt.source, "sha256": ckpt.sha256, "metadata": ckpt.metadata}, indent=2))
     typer.echo(f"ok: {len(ckpt.state)} tensors fit {model}")
+
+
+reference_app = typer.Typer(help="Normal-reference memories: score against a site's own normal studies.")
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("build")
+@user_errors
+def reference_build(
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUTS...", help="Normal volumes, folders, manifests (label 0/masks).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Memory file to write (.safetensors).")],
+    preset: Annotated[str, typer.Option(help="Scoring preset (window, foreground, prompts).")],
+    model: Annotated[str, typer.Option(help="Model name (see `aaclip-med weights list`).")] = "aaclip-vitl14-336",
+    adapter_weights: AdapterOpt = None,
+    backbone_weights: BackboneOpt = None,
+    image_size: SizeOpt = None,
+    max_patches: Annotated[int, typer.Option(min=1, help="Patches kept per level (uniform random).")] = 20000,
+    max_slices: Annotated[int | None, typer.Option(min=1, help="Use at most N normal slices (random).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the slice/patch sample and a random backbone.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+    mask_rule: Annotated[str, typer.Option(help="Masked sources: lesion-free 'slices' or 'patches'.")] = "slices",
+) -> None:
+    """Build a normal-reference memory from normal studies.
+
+    Adapted patch tokens inside the foreground, with the scoring transforms; score with `run --reference OUT`.
+    """
+    from aaclip_med.model.factory import create_model
+    from aaclip_med.reference.build import MASK_RULES, build_reference, reference_sources
+
+    if mask_rule not in MASK_RULES:  # cheap checks before the model build
+        fail(f"--mask-rule {mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}")
+    reference_sources(inputs)
+    net = create_model(model, backbone_weights=backbone_weights, adapter_weights=adapter_weights, device=device,
+                       precision=precision, image_size=image_size, seed=seed)  # fmt: skip
+    memory = build_reference(inputs, out, model=net, preset=preset, max_patches=max_patches, max_slices=max_slices,
+                             seed=seed, batch_size=batch_size, mask_rule=mask_rule)  # fmt: skip
+    meta = memory.metadata
+    typer.echo(f"memory {out}: {memory.n_patches} of {meta['n_patches_collected']} normal patches per level, "
+               f"{meta['n_slices']} slices, {len(meta['sources'])} studies (sha256 {memory.sha256})")  # fmt: skip
+    typer.echo(f"use it: aaclip-med run STUDY --model {model} --preset {preset} --reference {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point used by ``python -m aaclip_med``

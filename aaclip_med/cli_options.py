@@ -72,6 +72,8 @@ _SCORING_KEYS = {
     "no_seg": "export.dicom_seg", "no_report": "export.html", "overlays": "export.overlays",
     "score_region": "inference.score_region", "backend": "inference.backend", "organ": "inference.organ",
     "organ_label": "inference.organ_label", "mask_outside_organ": "inference.mask_outside_organ",
+    "reference": "inference.reference", "fusion": "inference.fusion", "fusion_weight": "inference.fusion_weight",
+    "memory_blur": "inference.memory_blur",
 }  # fmt: skip
 _SWITCHES = frozenset(
     {"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names", "mask_outside_organ"}
@@ -150,6 +152,10 @@ OrganOpt = Annotated[
     str | None, typer.Option(help="Structure in a folder/zip of organ masks (TotalSegmentator or IRCADb 'liver').")
 ]
 OrganLabelOpt = Annotated[int | None, typer.Option(min=0, help="Organ = this value of a label map (default > 0).")]
+ReferenceOpt = Annotated[str | None, typer.Option(help="Normal-reference memory (`aaclip-med reference build`).")]
+FusionOpt = Annotated[str | None, typer.Option(help="With --reference: fused (default), memory or text map.")]
+FusionWeightOpt = Annotated[float | None, typer.Option(min=0, max=1, help="Memory weight in the fused map (0.5).")]
+MemoryBlurOpt = Annotated[float | None, typer.Option(min=0, help="Memory-map blur sigma in patches (0: none).")]
 MaskInputOpt = Annotated[
     bool, typer.Option("--mask-outside-organ", help="Blank the input outside the organ (BMAD liver input).")
 ]

@@ -40,6 +40,7 @@ __all__ = [
 WindowMode = Literal["hu", "percentile", "zscore"]
 WindowScope = Literal["volume", "image"]
 ScoreRegion = Literal["foreground", "image"]
+Fusion = Literal["fused", "memory", "text"]  # how a normal-reference memory map meets the text map
 
 # Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
 # per device; bf16/fp16 are autocast; int8 is dynamic int8 quantisation of the vision linears, CPU only.
@@ -217,6 +218,12 @@ class InferenceConfig:
     seed: int = 0  # seeds a random backbone so that demo/test runs are reproducible
     trust_pickle: bool = False  # full-pickle .pth weights can run code when loaded: only for files you trust
     progress: bool = True
+    # normal-reference mode (aaclip_med.reference): a memory from `aaclip-med reference build`, how its map is
+    # fused with the text map (z-scores vs the reference's normals, w*memory + (1-w)*text), and its blur in patches
+    reference: str | None = None
+    fusion: Fusion = "fused"
+    fusion_weight: float = 0.5  # memory weight; 0.5 = the equal average of MVFA-AD / APRIL-GAN few-shot
+    memory_blur: float = 0.0  # Gaussian sigma in patches (0: none, the sharp nearest-neighbour map; benchmarks/)
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail (or silently misbehave) after the slow model build."""
@@ -238,6 +245,12 @@ class InferenceConfig:
             bad = f"organ_label={self.organ_label} must be >= 0 (a label value of the organ mask)"
         elif self.score_region not in ("foreground", "image"):
             bad = f"score_region={self.score_region!r} is not valid; use foreground or image"
+        elif self.fusion not in ("fused", "memory", "text"):
+            bad = f"fusion={self.fusion!r} is not valid; use fused, memory or text"
+        elif not (math.isfinite(self.fusion_weight) and 0 <= self.fusion_weight <= 1):
+            bad = f"fusion_weight={self.fusion_weight!r} must be in [0, 1] (the memory's weight in the fused map)"
+        elif not (math.isfinite(self.memory_blur) and self.memory_blur >= 0):
+            bad = f"memory_blur={self.memory_blur!r} must be >= 0 (Gaussian sigma in patches; 0: no blur)"
         else:
             return
         raise ConfigError(f"Invalid inference setting: {bad}.")

@@ -129,6 +129,11 @@ def score_volume(
 
     cfg = config or InferenceConfig()
     preset_obj = resolve_preset(preset, volume)
+    reference = None
+    if cfg.reference is not None:  # normal-reference mode (aaclip_med.reference)
+        from aaclip_med.reference import attach_reference
+
+        model = reference = attach_reference(model, cfg, preset_obj)
     axis = volume.slice_axis
     n = volume.n_slices
     fg = foreground_mask(volume.data, preset_obj.foreground, slice_axis=axis)
@@ -182,6 +187,8 @@ def score_volume(
     )  # fmt: skip
     if organ is not None:
         qa.update(organ_fraction=float(region.mean()), n_organ_slices=len(todo))
+    if reference is not None:
+        qa["reference"] = reference.describe()
     return VolumeResult(
         score=aggregate_volume_score(slice_scores, scored, method=cfg.volume_score, k=cfg.topk),
         slice_scores=slice_scores,

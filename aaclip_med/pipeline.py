@@ -247,6 +247,7 @@ def _export(
         "score_region": result.qa.get("score_region"),
         "unscored_value": result.unscored_value,
         "organ_mask": None if organ is None else organ.record(volume.spacing) | {"path": names.path(organ.source)},
+        "reference": result.qa.get("reference"),  # normal-reference memory: path, sha256, fusion (or None)
     }
     if exp.include_phi and volume.phi:
         extra["patient"] = dict(volume.phi)
