@@ -57,6 +57,7 @@ from aaclip_med.cli_options import (
     check_paths,
     fail,
     scoring_config,
+    scoring_flags,
     user_errors,
 )
 
@@ -195,16 +196,7 @@ def run(
 
     if organ_mask is None and (organ is not None or organ_label is not None):
         fail("--organ and --organ-label select inside an organ mask; pass --organ-mask MASK (or drop them).")
-    cfg = scoring_config(
-        config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
-        threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
-        min_component_mm3=min_component_mm3, progress=False if no_progress else None, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
-        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
-        score_region=score_region, backend=backend, organ=organ, organ_label=organ_label,
-        mask_outside_organ=mask_outside_organ,
-        reference=reference, fusion=fusion, fusion_weight=fusion_weight, memory_blur=memory_blur,
-    )  # fmt: skip
+    cfg = scoring_config(config, progress=False if no_progress else None, **scoring_flags(locals()))
     check_paths(input_path, organ_mask, Path(reference) if reference else None)
     inputs = [input_path] if organ_mask is None else [input_path, organ_mask]
     check_output_folder(out or default_output_dir(input_path), inputs, overwrite=overwrite)
@@ -282,17 +274,7 @@ def batch(
 
     One OUT/cases/<case_id>/ per study plus cohort sheets and report. Exit code 3 when any case failed.
     """
-    cfg = scoring_config(
-        config, preset=preset, model=model, adapter_weights=adapter_weights, backbone_weights=backbone_weights,
-        threshold=threshold, device=device, precision=precision, batch_size=batch_size, image_size=image_size,
-        min_component_mm3=min_component_mm3, progress=False, trust_pickle=trust_pickle,
-        parametric_map=parametric_map, fractional_seg=fractional_seg, include_phi=include_phi, no_seg=no_seg,
-        no_report=no_report, overlays=overlays, keep_names=keep_names, base_dir=base_dir,
-        score_region=score_region,
-        backend=backend,
-        organ=organ, organ_label=organ_label, mask_outside_organ=mask_outside_organ,
-        reference=reference, fusion=fusion, fusion_weight=fusion_weight, memory_blur=memory_blur,
-    )  # fmt: skip
+    cfg = scoring_config(config, progress=False, **scoring_flags(locals()))  # cases have their own progress line
     from aaclip_med._files import check_cohort_folder
 
     if not source.exists():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -79,6 +79,11 @@ _SWITCHES = frozenset(
     {"trust_pickle", "parametric_map", "fractional_seg", "include_phi", "keep_names", "mask_outside_organ"}
 )
 _OFF_SWITCHES = frozenset({"no_seg", "no_report"})  # --no-X: given turns X off, absent keeps the config's value
+
+
+def scoring_flags(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring flags among a command's parameters (``locals()`` of `run`/`batch`; names as the table's)."""
+    return {name: value for name, value in params.items() if name in _SCORING_KEYS and name != "progress"}
 
 
 def scoring_config(config: Path | None, **flags: Any) -> RunConfig:
