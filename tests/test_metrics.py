@@ -338,3 +338,19 @@ def test_binning_in_chunks_keeps_region_weights_aligned(monkeypatch: pytest.Monk
     a, b = whole.compute(), chunked.compute()
     assert a["pixel_aupro"] == pytest.approx(b["pixel_aupro"], abs=1e-12)
     assert a["pixel_aupro"] == pytest.approx(aupro(maps, masks), abs=1e-3)
+
+
+def test_eval_and_sheets_share_one_minmax_rule() -> None:
+    """`eval`'s per-case scaling and `normalise_maps` agree, also on a flat map (they used to differ there)."""
+    from aaclip_med.cohort.summary import _Scale
+    from aaclip_med.metrics import normalise_maps
+
+    flat = np.full((2, 3), 2.5, np.float32)
+    ramp = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for heat in (flat, ramp):
+        (expected,), _ = normalise_maps([heat], "volume")
+        got, threshold = _Scale("volume").apply(heat, 2.5)
+        np.testing.assert_array_equal(got, expected)
+        assert threshold == (0.0 if heat is flat else 0.5)
+    (expected,), _ = normalise_maps([ramp], "set", value_range=(-1.0, 9.0))
+    np.testing.assert_allclose(_Scale("set", -1.0, 9.0).apply(ramp, 4.0)[0], expected)

@@ -101,13 +101,14 @@ class _Scale:
     hi: float = 1.0
 
     def apply(self, heatmap: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+        from aaclip_med.metrics.rows import minmax, set_range_kept
+
         if self.mode == "none":
             return heatmap, threshold
         lo, hi = (self.lo, self.hi) if self.mode == "set" else (float(heatmap.min()), float(heatmap.max()))
-        if self.mode == "set" and hi == 1.0:  # the reference code leaves a set whose maximum is 1 untouched
+        if self.mode == "set" and set_range_kept(hi):
             return heatmap, threshold
-        span = hi - lo if hi > lo else 1.0
-        return (heatmap - lo) / span, (threshold - lo) / span
+        return minmax(heatmap, lo, hi), float(minmax(threshold, lo, hi))
 
 
 _MAX_LABELS = 255  # a label map has a few classes; an image passed as labels has hundreds of distinct values

@@ -41,6 +41,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "case_row",
     "evaluate_set",
+    "minmax",
     "normalise_maps",
     "slice_rows",
     "summary_rows",
@@ -125,18 +126,25 @@ def normalise_maps(
     if mode == "none":
         return arrays, {"normalisation": "none"}
     if mode == "volume":
-        return [_minmax(a, float(a.min()), float(a.max())) for a in arrays], {"normalisation": "volume"}
+        return [minmax(a, float(a.min()), float(a.max())) for a in arrays], {"normalisation": "volume"}
     if mode != "set":
         raise ConfigError(f"normalisation={mode!r} is not known; use 'none', 'set' or 'volume'")
     lo, hi = value_range or (min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays))
-    skipped = hi == 1.0  # the reference code leaves maps whose maximum is already 1 untouched
+    skipped = set_range_kept(hi)
     info = {"normalisation": "set", "lo": lo, "hi": hi, "skipped": skipped}
-    return (arrays if skipped else [_minmax(a, lo, hi) for a in arrays]), info
+    return (arrays if skipped else [minmax(a, lo, hi) for a in arrays]), info
 
 
-def _minmax(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(a - lo) / (hi - lo)``, or zeros when the range is empty."""
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+def set_range_kept(hi: float) -> bool:
+    """The reference code leaves a set whose maximum is already 1 untouched (its ``set`` normalisation)."""
+    return hi == 1.0
+
+
+def minmax(a: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
+    """``(a - lo) / (hi - lo)``, or zeros when the range is empty: the one min-max rule of ``eval``, ``batch``
+    sheets and ``reproduce_bmad`` (maps and thresholds alike)."""
+    arr = np.asarray(a, dtype=np.float32)
+    return (arr - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(arr)
 
 
 def evaluate_set(
