@@ -13,7 +13,7 @@ Heavy modules (torch, open_clip, MONAI) are imported on first use of a name, so 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aaclip_med._version import __version__
 
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     from aaclip_med.volume import Volume, stack_slices
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         msg = f"module 'aaclip_med' has no attribute '{name}'"

@@ -122,9 +122,10 @@ def _writable_ancestor(out_dir: Path, flag: str) -> None:
         try:  # os.access trusts mode bits: /proc and read-only mounts say yes to root, so try for real
             fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".aaclip-med-probe.")
             os.close(fd)
-            return
         except OSError:
             pass
+        else:
+            return
         finally:
             if probe is not None:
                 Path(probe).unlink(missing_ok=True)
@@ -152,7 +153,8 @@ def check_output_folder(
     if not out.exists():
         return
     if not out.is_dir():
-        raise OutputError(f"Output {out} is a file; choose a folder for {flag}.")
+        msg = f"Output {out} is a file; choose a folder for {flag}."
+        raise OutputError(msg)
     if not any(out.iterdir()):
         return
     if not any((out / name).exists() for name in ours):
@@ -198,7 +200,7 @@ def _merge_into(tmp: Path, out_dir: Path) -> None:
     for rel in sorted(new, key=lambda r: r == MARKER):  # run.json last
         target = out_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / rel, target)
+        (tmp / rel).replace(target)
 
 
 @contextlib.contextmanager

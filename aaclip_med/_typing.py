@@ -19,6 +19,7 @@ Array: TypeAlias = npt.NDArray[Any]
 Array2D: TypeAlias = npt.NDArray[np.float32]
 Array3D: TypeAlias = npt.NDArray[np.float32]
 Affine: TypeAlias = npt.NDArray[np.float64]
+JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
 
 class HasTaps(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -61,6 +61,9 @@ from aaclip_med.cli_options import (
     user_errors,
 )
 
+if TYPE_CHECKING:
+    from typer._click import Context
+
 # recent typer vendors click as typer._click; older releases use click itself
 _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
 
@@ -68,7 +71,7 @@ _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click"
 class _OneLineUsageErrors(TyperGroup):
     """Report a bad flag or argument of a command as one ``error:`` line (exit 2), not click's usage box."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Context) -> object:
         try:
             return super().invoke(ctx)
         except _click.exceptions.NoArgsIsHelpError:
@@ -482,4 +485,5 @@ def reference_build(
 
 
 def main() -> None:  # pragma: no cover - console entry point used by ``python -m aaclip_med``
+    """Run the command line and exit with its code (the ``python -m aaclip_med`` entry point)."""
     sys.exit(app())

@@ -26,6 +26,15 @@ EXIT_CASES_FAILED = 3  # `batch` ran to the end but some cases failed: failures.
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Print ``message`` as one red ``error:`` line on stderr and exit with ``code``.
+
+    Args:
+        message: What went wrong and how to fix it (one line).
+        code: The exit code; :data:`EXIT_USAGE` (2) unless stated.
+
+    Raises:
+        typer.Exit: always, carrying ``code``.
+    """
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -41,7 +50,7 @@ def user_errors(func: F) -> F:
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> object:
         if verbose or quiet:
             configure_logging(-1 if quiet else verbose)
         try:

@@ -12,9 +12,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aaclip_med.errors import ConfigError, UnknownModalityError, did_you_mean
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +39,8 @@ __all__ = [
     "load_run_config",
     "preset_for_modality",
 ]
+
+_Config = TypeVar("_Config", bound="DataclassInstance")  # RunConfig and its tables, built by _build
 
 WindowMode = Literal["hu", "percentile", "zscore"]
 WindowScope = Literal["volume", "image"]
@@ -253,7 +258,8 @@ class InferenceConfig:
             bad = f"memory_blur={self.memory_blur!r} must be >= 0 (Gaussian sigma in patches; 0: no blur)"
         else:
             return
-        raise ConfigError(f"Invalid inference setting: {bad}.")
+        msg = f"Invalid inference setting: {bad}."
+        raise ConfigError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +289,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type[_Config], data: Mapping[str, Any], where: str) -> _Config:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -331,9 +337,10 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(msg) from err
     data.pop("description", None)
     try:
-        cfg: RunConfig = _build(RunConfig, data, "")
+        cfg = _build(RunConfig, data, "")
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        msg = f"{path}: {err}"
+        raise ConfigError(msg) from err
     if cfg.preset is not None:
         get_preset(cfg.preset)
     return cfg

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from aaclip_med.postprocess import (
 )
 from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform, volume_window
 from aaclip_med.volume import Volume, stack_slices
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["VolumeResult", "default_threshold", "resolve_preset", "score_volume"]
 
@@ -230,7 +233,7 @@ def _organ_region(
     return region, kept, volume.with_data(np.where(region, volume.data, volume.data.min()))
 
 
-def _stack(tensors: list[Any]) -> Any:
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     import torch
 
     return torch.stack(tensors)

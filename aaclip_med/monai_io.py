@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from monai.data.image_reader import ImageReader
@@ -28,6 +28,9 @@ from aaclip_med._typing import Array, PathLike
 from aaclip_med.errors import AACLIPMedError, ConfigError
 from aaclip_med.io import _DICOM_SUFFIXES, _NIFTI_SUFFIXES, _SITK_SUFFIXES, _suffix, read_volume
 from aaclip_med.volume import Volume
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AACLIPMedReader", "ReadFailure", "to_volume"]
 
@@ -118,7 +121,7 @@ class AACLIPMedReader(ImageReader):
         return img.data, meta
 
 
-def to_volume(image: Any, source: str | None = None) -> Volume:
+def to_volume(image: torch.Tensor | Array, source: str | None = None) -> Volume:
     """A :class:`~aaclip_med.volume.Volume` from a MONAI ``MetaTensor`` (or array plus ``affine`` in its meta).
 
     Takes the data as it is now (after any MONAI transforms) with its current affine, so

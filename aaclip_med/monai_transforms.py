@@ -25,25 +25,28 @@ from __future__ import annotations
 import dataclasses
 from abc import abstractmethod
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+from monai.config.type_definitions import KeysCollection
 from monai.transforms.transform import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 
 from aaclip_med import transforms
+from aaclip_med._typing import Array
 from aaclip_med.config import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError
 
 __all__ = ["CLIPInputd", "ModelInputd", "PresetForegroundd", "PresetWindowd"]
 
+_Image: TypeAlias = "torch.Tensor | Array"  # a tensor (MetaTensor included) or an array, as MONAI passes them
+
 # A fixed window over [0, 1] is the identity on windowed data: CLIPInputd reuses slice_transform's own chain
 _IDENTITY_WINDOW = WindowConfig("hu", 0.0, 1.0)
 
 
-def _slice2d(img: Any, key: Hashable) -> Any:
+def _slice2d(img: _Image, key: Hashable) -> Array:
     """A 2D slice from ``(H, W)`` or channel-first ``(1, H, W)``."""
     arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
     if arr.ndim == 3 and arr.shape[0] == 1:
@@ -58,7 +61,7 @@ class _Applied(MapTransform):
     """Apply :meth:`fn` to every key."""
 
     @abstractmethod
-    def fn(self, img: Any, key: Hashable) -> Any:
+    def fn(self, img: _Image, key: Hashable) -> _Image:
         """Transform one value."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -83,7 +86,7 @@ class PresetWindowd(_Applied):
         super().__init__(keys, allow_missing_keys)
         self.preset = get_preset(preset)
 
-    def fn(self, img: Any, key: Hashable) -> Any:
+    def fn(self, img: _Image, key: Hashable) -> _Image:
         """Window one array; a tensor input stays a tensor (a MetaTensor keeps its meta)."""
         out = transforms.window(np.asarray(img), self.preset.window, self.preset.foreground)
         return convert_to_dst_type(out, dst=img)[0] if isinstance(img, torch.Tensor) else out
@@ -134,7 +137,7 @@ class ModelInputd(_Applied):
         super().__init__(keys, allow_missing_keys)
         self.transform = transforms.slice_transform(get_preset(preset), size)
 
-    def fn(self, img: Any, key: Hashable) -> torch.Tensor:
+    def fn(self, img: _Image, key: Hashable) -> torch.Tensor:
         """Transform one slice."""
         return self.transform(_slice2d(img, key))
 

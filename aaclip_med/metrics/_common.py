@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from aaclip_med.errors import ConfigError, GeometryError
 
@@ -53,7 +53,7 @@ def report_reasons(own: list[str], reasons: list[str] | None, stacklevel: int = 
         warnings.warn("; ".join(own), UndefinedMetricWarning, stacklevel=stacklevel)
 
 
-def as_labels_scores(labels: Any, scores: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+def as_labels_scores(labels: npt.ArrayLike, scores: npt.ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Flatten labels to bool and scores to float64 and check that they match and are finite.
 
     Raises:
@@ -63,9 +63,8 @@ def as_labels_scores(labels: Any, scores: Any, what: str) -> tuple[np.ndarray, n
     y = np.asarray(labels).ravel() > 0
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.size != s.size:
-        raise GeometryError(
-            f"{what}: {y.size} labels but {s.size} scores; pass one label per score (same array shape)"
-        )
+        msg = f"{what}: {y.size} labels but {s.size} scores; pass one label per score (same array shape)"
+        raise GeometryError(msg)
     check_finite(s, what)
     return y, s
 
@@ -74,9 +73,8 @@ def check_finite(values: np.ndarray, what: str) -> None:
     """Raise :class:`ConfigError` when ``values`` holds NaN or infinite entries."""
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
-        raise ConfigError(
-            f"{what}: {bad} non-finite score(s); metrics need finite scores: fix the map or pass valid="
-        )
+        msg = f"{what}: {bad} non-finite score(s); metrics need finite scores: fix the map or pass valid="
+        raise ConfigError(msg)
 
 
 def class_reason(n_pos: int, n_neg: int, what: str) -> str | None:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from aaclip_med.errors import ConfigError, GeometryError
@@ -51,7 +52,8 @@ def region_weights(mask: np.ndarray, regions: Regions = "slice", slice_axis: int
         ``(weights, n_regions)``: weights of the anomalous pixels in ``mask[mask]`` order, and the region count.
     """
     if regions not in ("slice", "volume"):
-        raise ConfigError(f"regions={regions!r} is not known; use 'slice' (2D components) or 'volume' (3D)")
+        msg = f"regions={regions!r} is not known; use 'slice' (2D components) or 'volume' (3D)"
+        raise ConfigError(msg)
     structure = np.ones((3,) * mask.ndim, dtype=bool)
     if regions == "slice" and mask.ndim == 3:
         keep = [slice(None)] * 3
@@ -95,11 +97,14 @@ class PixelAccumulator:
         with_aupro: bool = True,
     ) -> None:
         if bins < 2 or bins % 2:
-            raise ConfigError(f"bins={bins} is invalid; use an even number >= 2 (e.g. 10000)")
+            msg = f"bins={bins} is invalid; use an even number >= 2 (e.g. 10000)"
+            raise ConfigError(msg)
         if value_range is not None and not value_range[0] < value_range[1]:
-            raise ConfigError(f"value_range={value_range} is invalid; use (lo, hi) with lo < hi")
+            msg = f"value_range={value_range} is invalid; use (lo, hi) with lo < hi"
+            raise ConfigError(msg)
         if not 0 < fpr_limit <= 1:
-            raise ConfigError(f"fpr_limit={fpr_limit} is invalid; use a value in (0, 1], usually 0.3")
+            msg = f"fpr_limit={fpr_limit} is invalid; use a value in (0, 1], usually 0.3"
+            raise ConfigError(msg)
         self.bins, self.exact, self.threshold = bins, exact, threshold
         self.regions, self.fpr_limit, self.with_aupro = regions, fpr_limit, with_aupro
         self._range = (float(value_range[0]), float(value_range[1])) if value_range else None
@@ -109,7 +114,14 @@ class PixelAccumulator:
         self.n_cases = 0
         self._counts = np.zeros(3, dtype=np.int64)  # tp, fp, fn at the model's threshold
 
-    def update(self, score_map: Any, mask: Any, *, valid: Any | None = None, slice_axis: int = -1) -> None:
+    def update(
+        self,
+        score_map: npt.ArrayLike,
+        mask: npt.ArrayLike,
+        *,
+        valid: npt.ArrayLike | None = None,
+        slice_axis: int = -1,
+    ) -> None:
         """Add one case (a 2D image or a 3D volume).
 
         Args:
@@ -126,16 +138,18 @@ class PixelAccumulator:
         s = s if np.issubdtype(s.dtype, np.floating) else s.astype(np.float64)
         m = np.asarray(mask) > 0
         if s.shape != m.shape or s.ndim not in (2, 3):
-            raise GeometryError(
+            msg = (
                 f"map shape {s.shape} and mask shape {m.shape} must be equal and 2D or 3D; resample the mask "
                 "onto the map grid"
             )
+            raise GeometryError(msg)
         if valid is None:
             y, sv = m.ravel(), s.ravel()
         else:
             v = np.asarray(valid, dtype=bool)
             if v.shape != s.shape:
-                raise GeometryError(f"valid shape {v.shape} differs from map shape {s.shape}; pass one per voxel")
+                msg = f"valid shape {v.shape} differs from map shape {s.shape}; pass one per voxel"
+                raise GeometryError(msg)
             m = m & v
             y, sv = m[v], s[v]
         check_finite(sv, "pixel map")
@@ -262,10 +276,10 @@ class PixelAccumulator:
 
 
 def pixel_metrics(
-    score_map: Any,
-    mask: Any,
+    score_map: npt.ArrayLike,
+    mask: npt.ArrayLike,
     *,
-    valid: Any | None = None,
+    valid: npt.ArrayLike | None = None,
     threshold: float | None = None,
     exact: bool = False,
     regions: Regions = "slice",
@@ -298,8 +312,8 @@ def pixel_metrics(
 
 
 def aupro(
-    score_maps: Iterable[Any],
-    masks: Iterable[Any],
+    score_maps: Iterable[npt.ArrayLike],
+    masks: Iterable[npt.ArrayLike],
     *,
     fpr_limit: float = 0.3,
     regions: Regions = "slice",

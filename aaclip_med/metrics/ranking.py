@@ -12,9 +12,9 @@ passes a list, otherwise it is issued as an :class:`~aaclip_med.metrics.Undefine
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from aaclip_med.metrics._common import (
@@ -50,7 +50,7 @@ def _defined(y: np.ndarray, s: np.ndarray, what: str, reasons: list[str] | None)
     return True
 
 
-def auroc(labels: Any, scores: Any, *, reasons: list[str] | None = None) -> float:
+def auroc(labels: npt.ArrayLike, scores: npt.ArrayLike, *, reasons: list[str] | None = None) -> float:
     """Area under the ROC curve (``sklearn.metrics.roc_auc_score``); NaN when undefined.
 
     Args:
@@ -65,7 +65,7 @@ def auroc(labels: Any, scores: Any, *, reasons: list[str] | None = None) -> floa
     return float(roc_auc_score(y, s)) if _defined(y, s, "auroc", reasons) else NAN
 
 
-def average_precision(labels: Any, scores: Any, *, reasons: list[str] | None = None) -> float:
+def average_precision(labels: npt.ArrayLike, scores: npt.ArrayLike, *, reasons: list[str] | None = None) -> float:
     """Average precision (``sklearn.metrics.average_precision_score``); NaN when undefined.
 
     Args:
@@ -80,7 +80,9 @@ def average_precision(labels: Any, scores: Any, *, reasons: list[str] | None = N
     return float(average_precision_score(y, s)) if _defined(y, s, "ap", reasons) else NAN
 
 
-def f1_max(labels: Any, scores: Any, *, reasons: list[str] | None = None) -> tuple[float, float]:
+def f1_max(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, *, reasons: list[str] | None = None
+) -> tuple[float, float]:
     """Maximum F1 over all thresholds of the precision-recall curve, and the threshold that reaches it.
 
     A sample is predicted anomalous when ``score >= threshold`` (scikit-learn's convention).
@@ -104,7 +106,7 @@ def f1_max(labels: Any, scores: Any, *, reasons: list[str] | None = None) -> tup
 
 
 def image_metrics(
-    labels: Any, scores: Any, *, prefix: str = "image", reasons: list[str] | None = None
+    labels: npt.ArrayLike, scores: npt.ArrayLike, *, prefix: str = "image", reasons: list[str] | None = None
 ) -> dict[str, float]:
     """AUROC, AP and F1-max of per-image (or per-volume, with ``prefix="volume"``) scores.
 
@@ -134,9 +136,9 @@ def image_metrics(
 
 
 def weighted_aupro(
-    labels: Any,
-    scores: Any,
-    weights: Any,
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    weights: npt.ArrayLike,
     n_regions: int,
     *,
     fpr_limit: float = 0.3,

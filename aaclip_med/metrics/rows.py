@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from aaclip_med.errors import ConfigError
 from aaclip_med.metrics._common import NAN, report_reasons, undefined
@@ -128,7 +129,8 @@ def normalise_maps(
     if mode == "volume":
         return [minmax(a, float(a.min()), float(a.max())) for a in arrays], {"normalisation": "volume"}
     if mode != "set":
-        raise ConfigError(f"normalisation={mode!r} is not known; use 'none', 'set' or 'volume'")
+        msg = f"normalisation={mode!r} is not known; use 'none', 'set' or 'volume'"
+        raise ConfigError(msg)
     lo, hi = value_range or (min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays))
     skipped = set_range_kept(hi)
     info = {"normalisation": "set", "lo": lo, "hi": hi, "skipped": skipped}
@@ -141,18 +143,20 @@ def set_range_kept(hi: float) -> bool:
 
 
 def minmax(a: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
-    """``(a - lo) / (hi - lo)``, or zeros when the range is empty: the one min-max rule of ``eval``, ``batch``
-    sheets and ``reproduce_bmad`` (maps and thresholds alike)."""
+    """``(a - lo) / (hi - lo)``, or zeros when the range is empty.
+
+    The one min-max rule of ``eval``, ``batch`` sheets and ``reproduce_bmad`` (maps and thresholds alike).
+    """
     arr = np.asarray(a, dtype=np.float32)
     return (arr - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(arr)
 
 
 def evaluate_set(
     *,
-    image_labels: Any | None = None,
-    image_scores: Any | None = None,
-    volume_labels: Any | None = None,
-    volume_scores: Any | None = None,
+    image_labels: npt.ArrayLike | None = None,
+    image_scores: npt.ArrayLike | None = None,
+    volume_labels: npt.ArrayLike | None = None,
+    volume_scores: npt.ArrayLike | None = None,
     pixels: PixelAccumulator | None = None,
     cases: Sequence[Mapping[str, Any]] = (),
     normalisation: Normalisation = "none",
@@ -198,10 +202,10 @@ def evaluate_set(
 
 def slice_rows(
     case_id: str,
-    slice_scores: Any,
+    slice_scores: npt.ArrayLike,
     *,
-    labels: Any | None = None,
-    scored: Any | None = None,
+    labels: npt.ArrayLike | None = None,
+    scored: npt.ArrayLike | None = None,
     heatmap: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     threshold: float | None = None,

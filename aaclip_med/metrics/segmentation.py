@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from aaclip_med.errors import ConfigError, GeometryError
@@ -26,11 +27,12 @@ __all__ = ["dice_iou", "lesion_detection", "overlap_scores"]
 logger = logging.getLogger(__name__)
 
 
-def _masks(pred: Any, ref: Any) -> tuple[np.ndarray, np.ndarray]:
+def _masks(pred: npt.ArrayLike, ref: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Both masks as bool arrays of one shape."""
     p, r = np.asarray(pred) > 0, np.asarray(ref) > 0
     if p.shape != r.shape:
-        raise GeometryError(f"prediction shape {p.shape} differs from reference shape {r.shape}; resample first")
+        msg = f"prediction shape {p.shape} differs from reference shape {r.shape}; resample first"
+        raise GeometryError(msg)
     return p, r
 
 
@@ -52,7 +54,7 @@ def overlap_scores(tp: int, fp: int, fn: int, *, reasons: list[str] | None = Non
     return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn)}
 
 
-def dice_iou(pred: Any, ref: Any, *, reasons: list[str] | None = None) -> dict[str, float]:
+def dice_iou(pred: npt.ArrayLike, ref: npt.ArrayLike, *, reasons: list[str] | None = None) -> dict[str, float]:
     """Dice, IoU and confusion counts of a binary prediction against a binary reference (nnU-Net names).
 
     Args:
@@ -80,8 +82,8 @@ def dice_iou(pred: Any, ref: Any, *, reasons: list[str] | None = None) -> dict[s
 
 
 def lesion_detection(
-    pred: Any,
-    ref: Any,
+    pred: npt.ArrayLike,
+    ref: npt.ArrayLike,
     *,
     spacing: Sequence[float] | None = None,
     min_overlap: int = 1,
@@ -109,9 +111,11 @@ def lesion_detection(
     """
     p, r = _masks(pred, ref)
     if min_overlap < 1 or not 0.0 <= min_iou <= 1.0:
-        raise ConfigError(f"min_overlap={min_overlap}, min_iou={min_iou} are invalid; use >= 1 and [0, 1]")
+        msg = f"min_overlap={min_overlap}, min_iou={min_iou} are invalid; use >= 1 and [0, 1]"
+        raise ConfigError(msg)
     if spacing is not None and len(spacing) != r.ndim:
-        raise GeometryError(f"spacing {tuple(spacing)} does not fit a {r.ndim}D mask; give one value per axis")
+        msg = f"spacing {tuple(spacing)} does not fit a {r.ndim}D mask; give one value per axis"
+        raise GeometryError(msg)
     structure = ndimage.generate_binary_structure(r.ndim, connectivity or r.ndim)
     ref_lab, n_ref = ndimage.label(r, structure=structure)
     pred_lab, n_pred = ndimage.label(p, structure=structure)

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
+    from open_clip.transformer import ResidualAttentionBlock
 
 __all__ = [
     "AACLIP",
@@ -67,7 +71,7 @@ def derive_layout(vision_layers: int, text_layers: int) -> Layout:
     return Layout(taps, max(1, vision_layers // 4), max(1, text_layers // 4), taps[0])
 
 
-def sdpa_block(block: Any, x: torch.Tensor) -> torch.Tensor:
+def sdpa_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """An open_clip ``ResidualAttentionBlock`` (batch-first, self-attention, no mask) through fused SDPA.
 
     Same maths and weights as ``block(x)``; ``nn.MultiheadAttention`` runs a slower unfused path on CPU
@@ -101,7 +105,7 @@ class AACLIP(nn.Module):
 
     def __init__(
         self,
-        clip: Any,
+        clip: CLIP,
         spec: ModelSpec,
         tokenizer: Callable[[list[str]], torch.Tensor],
         input_size: int,
@@ -118,7 +122,7 @@ class AACLIP(nn.Module):
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.backbone_info = backbone_info
-        self.untrained_backbone = backbone_info["source"] == "random"
+        self.untrained_backbone: bool = backbone_info["source"] == "random"
         self.threshold: float | None = None
         self.threshold_presets: tuple[str, ...] = ()  # presets the threshold was calibrated on (empty: any)
         self.preset_thresholds: dict[str, float] = {}  # per-preset thresholds ("thresholds"), before the above
@@ -231,7 +235,7 @@ class AACLIP(nn.Module):
         slower per image than at 1-2, as activations leave the cache (benchmarks/README.md).
         """
         if x.device.type == "cpu" and not torch.is_grad_enabled() and len(x) > CPU_CHUNK:
-            parts = [self.encode_levels(chunk) for chunk in x.split(CPU_CHUNK)]
+            parts = [self.encode_levels(chunk) for chunk in torch.split(x, CPU_CHUNK)]
             return [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)], torch.cat(
                 [p[1] for p in parts]
             )

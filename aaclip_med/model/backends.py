@@ -104,7 +104,8 @@ def resolve_backend(backend: str, device: torch.device, precision: str, vision_w
                 raise ConfigError(msg)
             backend = env
     if backend not in BACKENDS:
-        raise ConfigError(f"backend={backend!r} is not valid; use {', '.join(BACKENDS)}.")
+        msg = f"backend={backend!r} is not valid; use {', '.join(BACKENDS)}."
+        raise ConfigError(msg)
     if backend == "auto":
         if device.type != "cpu" or precision == "int8":
             return "eager"
@@ -150,6 +151,7 @@ class VisionPath(nn.Module):
         self.__dict__["model"] = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model's adapted vision features of ``x`` (B, 3, H, W): ``(*seg_levels, det)``."""
         seg, det = self.__dict__["model"].encode_levels(x)
         return (*seg, det)
 
@@ -287,8 +289,10 @@ def _release_vision_weights(model: AACLIP) -> None:
 
 
 def build_engine(model: AACLIP) -> Engine:
-    """The engine of ``model.backend`` (not ``eager``: that one is the model itself); ``cast``/``compile`` cast
-    the vision weights once."""
+    """The engine of ``model.backend`` (not ``eager``: that one is the model itself).
+
+    ``cast``/``compile`` cast the vision weights once.
+    """
     if model.backend == "openvino":
         return _openvino_engine(model)
     return _torch_engine(model, compiled=model.backend == "compile")

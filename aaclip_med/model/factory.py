@@ -167,9 +167,11 @@ def resolve_device(device: str) -> torch.device:
             msg = f"device={device!r}: this machine has {count} usable CUDA GPU(s); use --device cpu or auto."
             raise ConfigError(msg)
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device!r}: MPS is not available here; use --device cpu or auto.")
+        msg = f"device={device!r}: MPS is not available here; use --device cpu or auto."
+        raise ConfigError(msg)
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N.")
+        msg = f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N."
+        raise ConfigError(msg)
     return dev
 
 
@@ -215,7 +217,7 @@ def _no_pretrained_note(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _open_clip_backbone(spec: ModelSpec, image_size: int) -> Any:
+def _open_clip_backbone(spec: ModelSpec, image_size: int) -> torch.nn.Module:
     """open_clip's model for ``spec`` at ``image_size``, randomly initialised (the caller loads weights)."""
     import open_clip
 
@@ -367,7 +369,6 @@ def import_backbone(
     Raises:
         WeightsError: the file does not load into the backbone at one of the sizes.
     """
-
     spec = get_spec(model)
     _register_open_clip_config(spec.arch)
     checked: list[int] = []

@@ -19,11 +19,14 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
 
 __all__ = ["Int8SelfAttention", "fused_self_attention", "quantize_vision_", "quantized_linear"]
 
@@ -77,7 +80,8 @@ class Int8SelfAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
-            raise ValueError("Int8SelfAttention needs a batch-first self-attention nn.MultiheadAttention")
+            msg = "Int8SelfAttention needs a batch-first self-attention nn.MultiheadAttention"
+            raise ValueError(msg)
         self.num_heads, self.embed_dim, self.batch_first = mha.num_heads, mha.embed_dim, True
         self.in_proj = quantized_linear(mha.in_proj_weight, mha.in_proj_bias)
         self.out_proj = quantized_linear(mha.out_proj.weight, mha.out_proj.bias)
@@ -85,17 +89,33 @@ class Int8SelfAttention(nn.Module):
     def forward(
         self,
         query: torch.Tensor,
-        key: Any = None,
-        value: Any = None,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
         need_weights: bool = False,
-        attn_mask: Any = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
+        """Self-attention of ``query`` (B, N, W) with the int8 projections.
+
+        Args:
+            query: The block's normalised residual stream, batch first.
+            key: ``None`` or ``query`` itself (self-attention only).
+            value: ``None`` or ``query`` itself.
+            need_weights: Must be False (attention weights are not computed).
+            attn_mask: Must be None (no masking).
+
+        Returns:
+            ``(out, None)``, as ``nn.MultiheadAttention`` with ``need_weights=False``.
+
+        Raises:
+            NotImplementedError: For cross-attention, a mask or a request for the attention weights.
+        """
         if need_weights or attn_mask is not None or any(t is not None and t is not query for t in (key, value)):
-            raise NotImplementedError("Int8SelfAttention supports unmasked self-attention without weights only")
+            msg = "Int8SelfAttention supports unmasked self-attention without weights only"
+            raise NotImplementedError(msg)
         return self.out_proj(fused_self_attention(self.in_proj(query), self.num_heads)), None
 
 
-def quantize_vision_(clip: Any, attention: bool = True) -> dict[str, int]:
+def quantize_vision_(clip: CLIP, attention: bool = True) -> dict[str, int]:
     """Quantise the linear layers of every vision block of an open_clip ``CLIP`` in place (CPU, eval).
 
     Args:

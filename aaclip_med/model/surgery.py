@@ -14,13 +14,16 @@ level on. Other depths follow the same rule: V-V attention from the first tap bl
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aaclip_med.errors import ConfigError
+
+if TYPE_CHECKING:
+    from open_clip.transformer import ResidualAttentionBlock
 
 __all__ = ["VVAxis", "check_vv_axis", "vv_attention", "vv_block"]
 
@@ -66,7 +69,7 @@ def vv_attention(attn: nn.MultiheadAttention, h: torch.Tensor, vv_axis: VVAxis =
     return out.transpose(0, 1) if vv_axis == "batch" else out
 
 
-def vv_block(block: Any, x: torch.Tensor, vv_axis: VVAxis = "tokens") -> torch.Tensor:
+def vv_block(block: ResidualAttentionBlock, x: torch.Tensor, vv_axis: VVAxis = "tokens") -> torch.Tensor:
     """Run an open_clip ``ResidualAttentionBlock`` with its attention swapped for V-V attention.
 
     Args:

@@ -19,12 +19,15 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from aaclip_med._files import atomic_path, sha256_file
 from aaclip_med.errors import WeightsError
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
 
 __all__ = [
     "WEIGHTS_DIR_ENV",
@@ -249,7 +252,7 @@ def native_image_size(state: Mapping[str, torch.Tensor]) -> int | None:
     return grid * int(conv.shape[-1]) if grid * grid == pos.shape[0] - 1 else None
 
 
-def apply_backbone_state(clip: Any, state: dict[str, torch.Tensor], source: str) -> None:
+def apply_backbone_state(clip: CLIP, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a backbone state dict into an open_clip CLIP, resizing position embeddings (bicubic, antialias).
 
     The tensors are converted to fp32 first (:func:`as_fp32`), so fp16/bf16 releases load at any input size.

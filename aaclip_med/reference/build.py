@@ -174,7 +174,8 @@ def build_reference(
     paths: list[PathLike] = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # type: ignore[arg-type]
     sources = reference_sources(paths)
     if mask_rule not in MASK_RULES:
-        raise ConfigError(f"mask_rule={mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}.")
+        msg = f"mask_rule={mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}."
+        raise ConfigError(msg)
     plans = [_normal_slices(src, preset_obj, mask_rule) for src in sources]
     chosen = _draw_slices([len(p[2]) for p in plans], max_slices, seed)
     gen = torch.Generator().manual_seed(seed)

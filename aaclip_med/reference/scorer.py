@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from aaclip_med._typing import SliceScorer
 from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.aaclip import AACLIP, Layout, SliceOutput
@@ -145,7 +146,9 @@ class ReferenceScorer:
             return SliceOutput(maps.flatten(1).amax(1), maps, det_score, None)
 
 
-def attach_reference(model: Any, config: InferenceConfig, preset: ModalityPreset | None = None) -> ReferenceScorer:
+def attach_reference(
+    model: SliceScorer, config: InferenceConfig, preset: ModalityPreset | None = None
+) -> ReferenceScorer:
     """``model`` scored against ``config.reference`` (read once per process and checked against the model).
 
     Raises:

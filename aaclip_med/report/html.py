@@ -16,7 +16,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from markupsafe import Markup
@@ -26,6 +26,9 @@ from aaclip_med._typing import Array, PathLike
 from aaclip_med.report.overlays import HEAT_HALF_SPAN
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
 from aaclip_med.report.sheets import _columns, to_jsonable
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "UNTRAINED_BANNER",
@@ -42,7 +45,7 @@ UNTRAINED_BANNER = "Demo/untrained model: outputs show the pipeline, not clinica
 
 
 @functools.cache
-def _environment() -> Any:
+def _environment() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
@@ -56,7 +59,7 @@ def _environment() -> Any:
     return env
 
 
-def format_value(value: Any) -> str:
+def format_value(value: object) -> str:
     """Format a table cell: floats to 6 significant digits, None as an em dash, containers as compact JSON."""
     if value is None:
         return "\u2014"
@@ -225,7 +228,7 @@ def _relative_link(target: Path, base: Path) -> str:
     return urllib.parse.quote(Path(relative).as_posix())
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool)
 
 

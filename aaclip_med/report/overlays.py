@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.intensity import foreground_mask, foreground_values, window_bounds
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from aaclip_med.inference import VolumeResult
     from aaclip_med.volume import Volume
 
@@ -337,7 +339,7 @@ class _Style(NamedTuple):
     dpi: int
 
 
-def _colour_bar(fig: Any, style: _Style) -> None:
+def _colour_bar(fig: Figure, style: _Style) -> None:
     """A horizontal colour bar in map units under the image, the threshold marked in cyan."""
     from matplotlib import colormaps
 

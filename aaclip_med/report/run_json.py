@@ -16,11 +16,14 @@ import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from aaclip_med._files import sha256_file
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["PROVENANCE_PACKAGES", "input_record", "package_versions", "provenance"]
 
@@ -101,10 +104,20 @@ def package_versions(names: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str, st
     return versions
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
+@runtime_checkable
+class _ToDict(Protocol):
+    """A config object that converts itself to a dict (:class:`~aaclip_med.config.RunConfig`)."""
+
+    def to_dict(self) -> Mapping[str, Any]: ...
+
+
+ConfigLike: TypeAlias = "Mapping[str, Any] | DataclassInstance | _ToDict | None"
+
+
+def _config_dict(config: ConfigLike) -> dict[str, Any]:
     if config is None:
         return {}
-    if hasattr(config, "to_dict"):
+    if isinstance(config, _ToDict):  # the hasattr(config, "to_dict") test
         return dict(config.to_dict())
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
@@ -123,7 +136,7 @@ def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def provenance(
-    config: Any,
+    config: ConfigLike,
     model_metadata: Mapping[str, Any] | None,
     inputs: Sequence[PathLike],
     timings: Mapping[str, float] | None = None,

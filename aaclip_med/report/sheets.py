@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from aaclip_med._files import atomic_path
-from aaclip_med._typing import Array, PathLike
+from aaclip_med._typing import Array, JSONValue, PathLike
 from aaclip_med.errors import ConfigError
 
 __all__ = ["SLICE_COLUMNS", "slice_rows", "to_jsonable", "write_json", "write_sheet", "write_xlsx"]
@@ -97,7 +97,7 @@ def _flag(score: float, threshold: float, mask_voxels: int | None) -> bool:
     return score > threshold if mask_voxels is None else mask_voxels > 0
 
 
-def to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: object) -> JSONValue:
     """Convert ``obj`` to plain JSON types: numpy scalars and arrays, paths, dataclasses, enums, datetimes.
 
     Non-finite floats become None so the output is strict JSON (readable by browsers and ``jq``).
@@ -134,7 +134,7 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json(obj: Any, path: PathLike, *, indent: int = 2) -> Path:
+def write_json(obj: object, path: PathLike, *, indent: int = 2) -> Path:
     """Write ``obj`` as strict, UTF-8 JSON, atomically (see :func:`to_jsonable` for the accepted types).
 
     Args:
@@ -159,7 +159,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def _csv_cell(value: Any) -> Any:
+def _csv_cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, np.floating):
@@ -198,11 +198,11 @@ def write_sheet(rows: Sequence[Mapping[str, Any]], path: PathLike, columns: Sequ
     return Path(path)
 
 
-def _xlsx_cell(value: Any) -> Any:
-    value = to_jsonable(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return value
+def _xlsx_cell(value: object) -> str | int | float | bool | None:
+    cell = to_jsonable(value)
+    if isinstance(cell, list | dict):
+        return json.dumps(cell)
+    return cell
 
 
 def write_xlsx(sheets: Mapping[str, Sequence[Mapping[str, Any]]], path: PathLike) -> Path:

@@ -43,25 +43,43 @@ _CT_WINDOWS = (("soft tissue (W400 L40)", -160.0, 240.0), ("liver (W150 L60)", -
 
 
 class ScoredVolume(Protocol):
-    """What the viewer reads of a result: a :class:`~aaclip_med.inference.VolumeResult`, or one read back from
-    a run folder by ``eval`` (which imports no model)."""
+    """What the viewer reads of a result.
+
+    A :class:`~aaclip_med.inference.VolumeResult`, or one read back from a run folder by ``eval`` (which imports
+    no model).
+    """
 
     @property
-    def heatmap(self) -> Array: ...
+    def heatmap(self) -> Array:
+        """``(I, J, K)`` float32 map in raw AA-CLIP units on the source grid."""
+
     @property
-    def mask(self) -> Array: ...
+    def mask(self) -> Array:
+        """``(I, J, K)`` uint8 anomaly mask."""
+
     @property
-    def scored_voxels(self) -> Array | None: ...
+    def scored_voxels(self) -> Array | None:
+        """``(I, J, K)`` bool score region of the scored slices; None: every voxel."""
+
     @property
-    def scored(self) -> Array: ...
+    def scored(self) -> Array:
+        """``(n_slices,)`` bool: which slices went through the model."""
+
     @property
-    def slice_scores(self) -> Array: ...
+    def slice_scores(self) -> Array:
+        """``(n_slices,)`` float32 slice scores in map units."""
+
     @property
-    def threshold(self) -> float: ...
+    def threshold(self) -> float:
+        """The mask threshold in map units."""
+
     @property
-    def slice_axis(self) -> int: ...
+    def slice_axis(self) -> int:
+        """The voxel axis the slices are taken along."""
+
     @property
-    def window(self) -> tuple[float, float] | None: ...
+    def window(self) -> tuple[float, float] | None:
+        """The intensity window the model saw; None when windowed per slice."""
 
 
 def _pack(array: Array) -> str:
