@@ -9,7 +9,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -25,7 +25,7 @@ EXIT_USAGE = 2  # bad input, flag, path or weights: one `error:` line, nothing w
 EXIT_CASES_FAILED = 3  # `batch` ran to the end but some cases failed: failures.csv says why
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``message`` as one red ``error:`` line on stderr and exit with ``code``.
 
     Args:

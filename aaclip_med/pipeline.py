@@ -33,6 +33,8 @@ from aaclip_med.privacy import Naming
 from aaclip_med.volume import Volume
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aaclip_med.model.aaclip import AACLIP
 
 __all__ = ["MARKER", "RunOutputs", "default_output_dir", "load_model", "naming", "run_study", "staged_output"]
@@ -285,7 +287,7 @@ def _dicom_outputs(
 
     sources = load_source_datasets(volume)
     phi = cfg.export.include_phi
-    writers = {
+    writers: dict[str, tuple[str, bool, Callable[[Path], object]]] = {
         "seg": ("seg.dcm", cfg.export.dicom_seg, lambda path: write_dicom_seg(
             result.mask, sources, path, algorithm_version=__version__, include_phi=phi)),
         "parametric_map": ("heatmap_pm.dcm", cfg.export.parametric_map, lambda path: write_parametric_map(

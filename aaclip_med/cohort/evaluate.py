@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aaclip_med._files import case_name, check_output_folder, staged_output, written_files
+from aaclip_med._files import MARKER, case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
 from aaclip_med.cohort.manifest import Case, read_manifest
-from aaclip_med.cohort.summary import MARKER, CohortSheets, assemble, case_columns
+from aaclip_med.cohort.summary import CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
 from aaclip_med.privacy import Naming
 

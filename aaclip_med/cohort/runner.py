@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaclip_med._files import check_cohort_folder
+from aaclip_med._files import MARKER, check_cohort_folder
 from aaclip_med._typing import PathLike
 from aaclip_med.cohort.manifest import Case, load_cases, shard
-from aaclip_med.cohort.summary import FAILURE_COLUMNS, MARKER, assemble, case_columns
+from aaclip_med.cohort.summary import FAILURE_COLUMNS, assemble, case_columns
 from aaclip_med.config import RunConfig
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
 

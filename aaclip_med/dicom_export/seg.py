@@ -66,7 +66,8 @@ def heatmap_probability(heatmap: npt.ArrayLike, n_levels: int = 4) -> npt.NDArra
     if not np.isfinite(values).all():
         msg = "Heatmap holds NaN or infinite values; a FRACTIONAL SEG needs finite values (check the model)."
         raise GeometryError(msg)
-    return np.clip(values / np.float32(n_levels), 0.0, 1.0)
+    probabilities: npt.NDArray[np.float32] = np.clip(values / np.float32(n_levels), 0.0, 1.0)
+    return probabilities
 
 
 def probability_rule(n_levels: int = 4) -> str:

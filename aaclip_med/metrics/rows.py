@@ -151,6 +151,14 @@ def minmax(a: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
     return (arr - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(arr)
 
 
+def _given(labels: npt.ArrayLike | None, what: str) -> npt.ArrayLike:
+    """``labels`` of the ``what`` scores; refused when missing (a label is needed per score)."""
+    if labels is None:
+        msg = f"{what}_scores were given without {what}_labels; pass one label per score."
+        raise ConfigError(msg)
+    return labels
+
+
 def evaluate_set(
     *,
     image_labels: npt.ArrayLike | None = None,
@@ -181,10 +189,10 @@ def evaluate_set(
     own: list[str] = []
     out: dict[str, Any] = {"normalisation": normalisation, "n_cases": float(len(cases)), "n_images": NAN}
     if image_scores is not None:
-        out.update(image_metrics(image_labels, image_scores, prefix="image", reasons=own))
+        out.update(image_metrics(_given(image_labels, "image"), image_scores, prefix="image", reasons=own))
         out["n_images"] = out["image_n"]
     if volume_scores is not None:
-        out.update(image_metrics(volume_labels, volume_scores, prefix="volume", reasons=own))
+        out.update(image_metrics(_given(volume_labels, "volume"), volume_scores, prefix="volume", reasons=own))
     if pixels is not None:
         out.update({k: v for k, v in pixels.compute(reasons=own).items() if k != "reasons"})
         out["n_cases"] = float(len(cases) or pixels.n_cases)
@@ -294,14 +302,13 @@ def case_row(
     """
     row: dict[str, Any] = dict.fromkeys(CASE_COLUMNS, NAN)
     own: list[str] = []
-    has_mask = mask is not None
     row.update(
         case_id=case_id,
         score=NAN if score is None else float(score),
         threshold=NAN if threshold is None else float(threshold),
     )
-    row["label"] = float(label) if label is not None else float(np.any(mask)) if has_mask else NAN
-    if has_mask and heatmap is not None:
+    row["label"] = float(label) if label is not None else float(np.any(mask)) if mask is not None else NAN
+    if mask is not None and heatmap is not None:
         px = pixel_metrics(
             heatmap,
             mask,
@@ -316,7 +323,7 @@ def case_row(
         row.update(n_ref=float(px["tp"] + px["fn"]), n_pred=float(px["tp"] + px["fp"]))
     if pred_mask is None and heatmap is not None and threshold is not None:
         pred_mask = np.asarray(heatmap) > threshold
-    if has_mask and pred_mask is not None:
+    if mask is not None and pred_mask is not None:
         row.update({k: v for k, v in dice_iou(pred_mask, mask, reasons=own).items() if k in row})
         lesions = lesion_detection(pred_mask, mask, spacing=spacing, min_iou=min_iou, reasons=own)
         row.update({k: lesions[k] for k in _LESION})

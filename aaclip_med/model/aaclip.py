@@ -141,7 +141,8 @@ class AACLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the parameters."""
-        return self.clip.visual.conv1.weight.device
+        weight: torch.Tensor = self.clip.visual.conv1.weight
+        return weight.device
 
     def train(self, mode: bool = True) -> AACLIP:
         """Set adapter training mode; the backbone always stays in eval mode (patch dropout off, as reference)."""
@@ -235,7 +236,7 @@ class AACLIP(nn.Module):
         slower per image than at 1-2, as activations leave the cache (benchmarks/README.md).
         """
         if x.device.type == "cpu" and not torch.is_grad_enabled() and len(x) > CPU_CHUNK:
-            parts = [self.encode_levels(chunk) for chunk in torch.split(x, CPU_CHUNK)]
+            parts = [self.encode_levels(chunk) for chunk in x.split(CPU_CHUNK)]
             return [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)], torch.cat(
                 [p[1] for p in parts]
             )

@@ -76,7 +76,8 @@ def residual_blend(x: torch.Tensor, a: torch.Tensor, lam: float) -> torch.Tensor
         return x
     xf, af = x.float(), a.float()
     scale = xf.norm(dim=-1, keepdim=True) / af.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (lam * af * scale + (1.0 - lam) * xf).to(x.dtype)
+    blended: torch.Tensor = lam * af * scale + (1.0 - lam) * xf
+    return blended.to(x.dtype)
 
 
 def build_text_adapter(width: int, embed_dim: int, n_layers: int) -> nn.ModuleList:

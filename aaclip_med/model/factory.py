@@ -224,9 +224,10 @@ def _open_clip_backbone(spec: ModelSpec, image_size: int) -> torch.nn.Module:
     root = logging.getLogger()  # open_clip warns "No pretrained weights loaded": we load our own after this
     root.addFilter(_no_pretrained_note)
     try:
-        return open_clip.create_model(
+        model: torch.nn.Module = open_clip.create_model(
             spec.arch, pretrained=None, force_image_size=image_size, force_quick_gelu=spec.quick_gelu
         )
+        return model
     finally:
         root.removeFilter(_no_pretrained_note)
 

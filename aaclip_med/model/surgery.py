@@ -64,8 +64,7 @@ def vv_attention(attn: nn.MultiheadAttention, h: torch.Tensor, vv_axis: VVAxis =
     heads = attn.num_heads
     v = v.reshape(n_batch, n_seq, heads, width // heads).transpose(1, 2)  # (B', H, N', hd)
     weights = torch.softmax((v @ v.transpose(-2, -1)) * (width // heads) ** -0.5, dim=-1)
-    out = (weights @ v).transpose(1, 2).reshape(n_batch, n_seq, width)
-    out = attn.out_proj(out)
+    out: torch.Tensor = attn.out_proj((weights @ v).transpose(1, 2).reshape(n_batch, n_seq, width))
     return out.transpose(0, 1) if vv_axis == "batch" else out
 
 

@@ -106,7 +106,7 @@ def resolve_backbone_file(arch: str, weights: str, local_names: tuple[str, ...] 
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise WeightsError(_how_to(arch, f"'{weights}' is neither a file nor a pretrained tag; tags: {known}"))
     cache_dir = os.environ.get(WEIGHTS_DIR_ENV) or None
-    url_name = cfg.get("url", "").rsplit("/", 1)[-1] or None
+    url_name: str | None = cfg.get("url", "").rsplit("/", 1)[-1] or None
     names = [*local_names, *([url_name] if url_name else []), *(f"{arch}-{weights}{s}" for s in _SUFFIXES)]
     for name in names:
         candidate = weights_dir() / name

@@ -119,9 +119,9 @@ def _config_dict(config: ConfigLike) -> dict[str, Any]:
         return {}
     if isinstance(config, _ToDict):  # the hasattr(config, "to_dict") test
         return dict(config.to_dict())
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    return dict(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    return dataclasses.asdict(config)
 
 
 def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -93,7 +93,8 @@ def _reduce(stack: Array, factor: int, how: str) -> Array:
     n, rows, cols = stack.shape
     pad = ((0, 0), (0, -rows % factor), (0, -cols % factor))
     blocks = np.pad(stack, pad, mode="edge").reshape(n, -1, factor, (cols + pad[2][1]) // factor, factor)
-    return blocks.mean(axis=(2, 4), dtype=np.float32) if how == "mean" else blocks.max(axis=(2, 4))
+    reduced: Array = blocks.mean(axis=(2, 4), dtype=np.float32) if how == "mean" else blocks.max(axis=(2, 4))
+    return reduced
 
 
 def _stack(data: Array, plan: DisplayPlan) -> Array:
@@ -200,5 +201,5 @@ def heat_lut(cmap: str = "inferno") -> str:
     """The heat colour map as 256 ``rrggbb`` hex triplets in one string (the viewer's and overlays' colours)."""
     from matplotlib import colormaps
 
-    rgb = np.rint(colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    rgb: Array = np.rint(colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
     return rgb.tobytes().hex()
