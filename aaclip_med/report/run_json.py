@@ -111,10 +111,10 @@ class _ToDict(Protocol):
     def to_dict(self) -> Mapping[str, Any]: ...
 
 
-ConfigLike: TypeAlias = "Mapping[str, Any] | DataclassInstance | _ToDict | None"
+_ConfigLike: TypeAlias = "Mapping[str, Any] | DataclassInstance | _ToDict | None"
 
 
-def _config_dict(config: ConfigLike) -> dict[str, Any]:
+def _config_dict(config: _ConfigLike) -> dict[str, Any]:
     if config is None:
         return {}
     if isinstance(config, _ToDict):  # the hasattr(config, "to_dict") test
@@ -136,7 +136,7 @@ def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def provenance(
-    config: ConfigLike,
+    config: _ConfigLike,
     model_metadata: Mapping[str, Any] | None,
     inputs: Sequence[PathLike],
     timings: Mapping[str, float] | None = None,
