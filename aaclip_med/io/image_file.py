@@ -1,61 +1,30 @@
-"""Read volumes (DICOM, NIfTI, NRRD/MHA/MHD) onto their source grid and write NIfTI maps back on it.
+"""Single-file images: NIfTI (read and write, with nibabel) and NRRD/NHDR, MHA/MHD (read, with SimpleITK).
 
-``read_volume`` never resamples: the returned :class:`~aaclip_med.volume.Volume` keeps the stored voxel grid and
-its exact affine, so ``write_nifti(mask, path, like=volume)`` overlays the input voxel for voxel in any viewer.
-Inputs are never modified.
+The readers return the stored array (a 4D image reduced to one volume by ``volume_index``) and its exact RAS
+affine; :func:`write_nifti` writes a map or mask back onto a volume's grid. Nothing is resampled, and a header
+whose image could not fit in memory is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
-from pydicom.dataset import Dataset
 
-from aaclip_med._files import atomic_path
+from aaclip_med._files import NIFTI_SUFFIXES, atomic_path, volume_suffix
 from aaclip_med._typing import Affine, Array, PathLike
-from aaclip_med.dicom import discover, group_series, iter_datasets, list_series, select_series
-from aaclip_med.dicom_decode import LPS_TO_RAS, decode_series
-from aaclip_med.errors import ConfigError, DicomSeriesError, GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.errors import GeometryError, OutputError, UnsupportedFormatError
+from aaclip_med.io.dicom_decode import LPS_TO_RAS
 from aaclip_med.volume import Volume, replace_nan
 
-__all__ = [
-    "describe_volume",
-    "list_series",
-    "load_source_datasets",
-    "read_dicom_folder",
-    "read_volume",
-    "write_nifti",
-]
+__all__ = ["read_nifti", "read_sitk", "write_nifti"]
 
 logger = logging.getLogger(__name__)
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-_DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima", ".zip")
-_CT_AIR_FRACTION = 0.10  # CT has air around the body: at least 10 % of voxels below -500 HU ...
-_CT_AIR_MIN = -900.0  # ... and a minimum at air/padding level; MRI intensities are (almost) never negative
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def guess_modality(data: Array) -> str:
-    """CT when >= 10 % of voxels are below -500 and the minimum is <= -900 (HU air), else MR."""
-    finite = data[np.isfinite(data)]
-    if finite.size and float(finite.min()) <= _CT_AIR_MIN and float(np.mean(finite < -500)) >= _CT_AIR_FRACTION:
-        return "CT"
-    return "MR"
-
 
 def _check_memory(path: Path, shape: tuple[int, ...]) -> None:
     """Refuse a header whose image could never fit in memory (a corrupt dim field), before allocating it."""
@@ -104,33 +73,57 @@ def _raw_pixdim(path: Path) -> Array | None:
     """pixdim[1:4] as stored in a NIfTI header (before nibabel's fix-ups), or None when unreadable."""
     try:
         with nib.openers.ImageOpener(str(path)) as fh:
-            return np.asarray(nib.Nifti1Header.from_fileobj(fh, check=False)["pixdim"][1:4], dtype=np.float64)
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)  # type: ignore[no-untyped-call]
+        return np.asarray(header["pixdim"][1:4], dtype=np.float64)
     except Exception:  # noqa: BLE001 - NIfTI-2 or odd files: fall back to the loaded affine
         return None
 
 
-def _nifti_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
+def _unreadable(path: Path, err: Exception) -> UnsupportedFormatError:
+    msg = f"'{path}' is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or re-download it."
+    return UnsupportedFormatError(msg.replace("\n", " "))
+
+
+def _load_nifti(path: Path) -> SpatialImage:
+    """``nib.load`` with nibabel's "pixdim should be non-zero" note silenced (our warning says it)."""
+    nib_log = logging.getLogger("nibabel.global")
+    level, nib_log.level = nib_log.level, logging.ERROR
     try:
-        nib_log = logging.getLogger("nibabel.global")  # its "pixdim should be non-zero" note: our warning says it
-        level, nib_log.level = nib_log.level, logging.ERROR
-        try:
-            img = nib.load(str(path))
-        finally:
-            nib_log.setLevel(level)
-        if not isinstance(img, SpatialImage):
-            msg = f"'{path}' is not a NIfTI image"
-            raise TypeError(msg)
-        _check_memory(path, img.shape)
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors on corrupt files
+        raise _unreadable(path, err) from err
+    finally:
+        nib_log.setLevel(level)
+    if not isinstance(img, SpatialImage):
+        raise _unreadable(path, TypeError(f"{type(img).__name__} is not a NIfTI image"))
+    return img
+
+
+def read_nifti(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
+    """The stored array, its affine and geometry warnings of a NIfTI file (nibabel).
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file.
+        volume_index: Which volume of a 4D image (``None`` for 2D/3D).
+
+    Returns:
+        The array (I, J, K) in its stored dtype, the RAS affine (zero voxel sizes replaced by 1 mm) and warnings
+        about missing geometry.
+
+    Raises:
+        UnsupportedFormatError: a corrupt file, or a header declaring more voxels than memory holds.
+        GeometryError: a 4D image without ``volume_index``, or an index out of range.
+    """
+    img = _load_nifti(path)
+    _check_memory(path, img.shape)
+    try:
         data = np.asanyarray(img.dataobj)
-    except UnsupportedFormatError:
-        raise
     except MemoryError as err:
-        dims = "x".join(str(n) for n in getattr(img, "shape", ()))
+        dims = "x".join(str(n) for n in img.shape)
         msg = f"'{path}' ({dims} voxels) does not fit in the free memory; close other programs or crop the image."
         raise UnsupportedFormatError(msg) from err
-    except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors on corrupt files
-        msg = f"'{path}' is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or re-download it."
-        raise UnsupportedFormatError(msg.replace("\n", " ")) from err
+    except Exception as err:  # nibabel raises EOFError, zlib/gzip errors on truncated data
+        raise _unreadable(path, err) from err
     affine, warns = _nifti_geometry(path, img)
     return _select_volume(data, path, volume_index), affine, warns
 
@@ -157,7 +150,20 @@ def _select_volume(data: Array, path: Path, volume_index: int | None) -> Array:
     raise GeometryError(msg)
 
 
-def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
+def read_sitk(path: Path, volume_index: int | None) -> tuple[Array, Affine, list[str]]:
+    """The stored array and RAS affine of an NRRD/NHDR, MHA or MHD image (SimpleITK, LPS converted to RAS).
+
+    Args:
+        path: The image file (a detached header's data file is found by SimpleITK).
+        volume_index: Which volume of a 4D image (``None`` for 2D/3D).
+
+    Returns:
+        The array (I, J, K) in its stored dtype, the RAS affine and an empty warning list.
+
+    Raises:
+        UnsupportedFormatError: an unreadable file or more than one component per voxel.
+        GeometryError: a 4D image without ``volume_index``, or an index out of range.
+    """
     import SimpleITK as sitk
 
     try:
@@ -165,146 +171,18 @@ def _sitk_data(path: Path, volume_index: int | None) -> tuple[Array, Affine, lis
     except RuntimeError as err:
         msg = f"'{path}' could not be read by SimpleITK ({str(err).strip().splitlines()[-1]}); check the file."
         raise UnsupportedFormatError(msg) from err
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        msg = f"'{path}' has {img.GetNumberOfComponentsPerPixel()} components per voxel; pass a scalar image."
+    components = img.GetNumberOfComponentsPerPixel()  # type: ignore[no-untyped-call]  # SimpleITK ships no annotations
+    if components != 1:
+        msg = f"'{path}' has {components} components per voxel; pass a scalar image."
         raise UnsupportedFormatError(msg)
-    dim = img.GetDimension()
+    dim = img.GetDimension()  # type: ignore[no-untyped-call]
     data = sitk.GetArrayFromImage(img).transpose(tuple(range(dim))[::-1])  # (z,y,x) -> (x,y,z) like nibabel
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)  # type: ignore[no-untyped-call]
     lps = np.eye(4)
     n = min(dim, 3)
-    lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])
-    lps[:n, 3] = img.GetOrigin()[:n]
+    lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])  # type: ignore[no-untyped-call]
+    lps[:n, 3] = img.GetOrigin()[:n]  # type: ignore[no-untyped-call]
     return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps, []
-
-
-def _read_dicom(path: Path, series: str | int | None, folder: str | None = None) -> tuple[Volume, list[str]]:
-    headers, kind = discover(path, folder)
-    found, skipped = group_series(headers)
-    if kind == "file" and skipped:
-        msg = f"'{path}' is {skipped[0].split(': ', 1)[1]}, not an image; pass an image series (CT/MR)."
-        raise UnsupportedFormatError(msg)
-    info = select_series(found, skipped, series, str(path))
-    decoded = decode_series(info, str(path))
-    decoded.meta["dicom_input"] = kind
-    decoded.meta["n_files"] = len(info.headers)
-    modality = info.modality or None
-    vol = Volume(
-        decoded.data, decoded.affine, modality, str(path), decoded.meta, decoded.source_files, decoded.phi
-    )
-    return vol, decoded.warnings
-
-
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        msg = f"Input '{path}' does not exist; check the path (DICOM file/folder/zip, .nii/.nii.gz, .nrrd, .mha)."
-        raise UnsupportedFormatError(msg)
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
-        msg = f"Input folder '{path}' is empty; point at a folder that holds DICOM files."
-        raise DicomSeriesError(msg)
-
-
-def read_volume(
-    path: PathLike,
-    series: str | int | None = None,
-    modality: str | None = None,
-    volume_index: int | None = None,
-) -> Volume:
-    """Read a DICOM file/folder/zip/DICOMDIR, NIfTI, NRRD, MHA or MHD image onto its source voxel grid.
-
-    NaN/inf voxels are replaced by the volume minimum, with a warning (the data never holds NaN).
-
-    Args:
-        path: The input. Folders are searched recursively, any file names; zips are read in memory.
-        series: DICOM only: SeriesInstanceUID, SeriesNumber or SeriesDescription when there are several series.
-        modality: Overrides the modality ("CT"/"MR"); NIfTI/NRRD have none and it is guessed otherwise.
-        volume_index: Which volume of a 4D image to read (required for 4D).
-
-    Returns:
-        The :class:`Volume`; ``meta["warnings"]`` lists the oddities found (also raised as warnings).
-
-    Raises:
-        UnsupportedFormatError: missing, corrupt or unsupported file.
-        DicomSeriesError: no image series, several series and no ``series``, or an unknown ``series``.
-        GeometryError: 4D without ``volume_index`` or an index out of range.
-        ConfigError: ``series`` for a non-DICOM image, or ``volume_index`` for DICOM.
-
-    Example:
-        >>> vol = read_volume("study/")  # doctest: +SKIP
-        >>> vol.shape, vol.orientation  # doctest: +SKIP
-        ((512, 512, 16), 'LPS')
-    """
-    path = Path(path)
-    _check_path(path)
-    suffix = _suffix(path)
-    if suffix in _NIFTI_SUFFIXES or suffix in _SITK_SUFFIXES:
-        if series is not None:
-            msg = (
-                f"series={series!r} only selects among DICOM series, but '{path}' is a single {suffix} image; "
-                "drop --series (use --volume-index for a 4D image)."
-            )
-            raise ConfigError(msg)
-        reader = _nifti_data if suffix in _NIFTI_SUFFIXES else _sitk_data
-        raw, affine, warns = reader(path, volume_index)
-        fmt = "nifti" if suffix in _NIFTI_SUFFIXES else "sitk"
-        vol = Volume(raw, affine, None, str(path), {"format": fmt, "source_dtype": str(raw.dtype)})
-    elif suffix == ".zip" and not zipfile.is_zipfile(path):
-        msg = f"'{path}' is not a readable zip archive (no zip directory: truncated or not a zip); re-create it."
-        raise UnsupportedFormatError(msg)
-    elif path.is_dir() or suffix in _DICOM_SUFFIXES or zipfile.is_zipfile(path) or _is_dicom_magic(path):
-        if volume_index not in (None, 0):
-            msg = (
-                f"volume_index={volume_index} only applies to 4D NIfTI/NRRD/MHA images, but '{path}' is DICOM; "
-                "drop --volume-index (use --series to choose a DICOM series)."
-            )
-            raise ConfigError(msg)
-        vol, warns = _read_dicom(path, series)
-    else:
-        msg = (
-            f"Unsupported file type '{suffix}' for '{path}'; use DICOM (file, folder, zip, DICOMDIR), "
-            ".nii/.nii.gz, .nrrd, .mha or .mhd."
-        )
-        raise UnsupportedFormatError(msg)
-    return _finalise(vol, modality, warns)
-
-
-def read_dicom_folder(path: PathLike, folder: str) -> Volume:
-    """The DICOM series stored in sub-folders named ``folder`` of a DICOM folder or zip.
-
-    One structure of a per-structure mask archive, e.g. ``liver`` of 3D-IRCADb's ``MASKS_DICOM.zip``
-    (``MASKS_DICOM/liver/image_N``).
-
-    Raises:
-        DicomSeriesError: no DICOM object in such a folder, or several series there.
-    """
-    path = Path(path)
-    _check_path(path)
-    vol, warns = _read_dicom(path, None, folder)
-    return _finalise(vol, None, warns)
-
-
-def _is_dicom_magic(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(132)[128:] == b"DICM"
-
-
-def _finalise(vol: Volume, modality: str | None, warns: list[str]) -> Volume:
-    data, nan_warning = replace_nan(vol.data, vol.source)
-    warns = [*warns, *([nan_warning] if nan_warning else [])]
-    meta: dict[str, Any] = dict(vol.meta)
-    if modality is not None:
-        meta["modality_guessed"] = False
-        final_modality: str | None = modality.upper()
-    elif vol.modality:
-        final_modality = vol.modality
-    else:
-        final_modality = guess_modality(data)
-        meta["modality_guessed"] = True
-        logger.info("%s has no modality tag; guessed %s from its intensities", vol.source, final_modality)
-    meta["warnings"] = warns
-    for text in warns:
-        warnings.warn(text, stacklevel=3)
-    return Volume(data, vol.affine, final_modality, vol.source, meta, vol.source_files, vol.phi)
 
 
 def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = False) -> Path:
@@ -336,7 +214,7 @@ def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = F
     if arr.shape != like.shape:
         msg = f"Cannot write {path}: array shape {arr.shape} differs from the grid {like.shape} of {like.source}."
         raise GeometryError(msg)
-    if _suffix(path) not in _NIFTI_SUFFIXES:
+    if volume_suffix(path) not in NIFTI_SUFFIXES:
         msg = f"Output '{path}' must end with .nii or .nii.gz."
         raise OutputError(msg)
     if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
@@ -346,12 +224,12 @@ def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = F
     slope = float(np.abs(arr).max()) / 32767.0 if compact and arr.dtype != np.uint8 else 0.0
     if slope > 0:
         arr = np.clip(np.round(arr / np.float32(slope)), -32767, 32767).astype(np.int16)
-    img = nib.Nifti1Image(arr, like.affine)
+    img = nib.Nifti1Image(arr, like.affine)  # type: ignore[no-untyped-call]  # nibabel ships no annotations
     if slope > 0:
-        img.header.set_slope_inter(slope, 0.0)
-    img.set_qform(like.affine, code=1)
-    img.set_sform(like.affine, code=1)
-    img.header.set_xyzt_units("mm")
+        img.header.set_slope_inter(slope, 0.0)  # type: ignore[no-untyped-call]
+    img.set_qform(like.affine, code=1)  # type: ignore[no-untyped-call]
+    img.set_sform(like.affine, code=1)  # type: ignore[no-untyped-call]
+    img.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
     try:
         with atomic_path(path) as tmp:
             nib.save(img, tmp)
@@ -359,36 +237,3 @@ def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = F
         msg = f"Cannot write '{path}' ({err.strerror}); choose a writable output folder."
         raise OutputError(msg) from err
     return path
-
-
-def describe_volume(vol: Volume) -> dict[str, Any]:
-    """Summary for ``aaclip-med info``: geometry, modality, series, value range and read warnings (no PHI)."""
-    meta = vol.meta
-    return {
-        "path": vol.source,
-        "format": meta.get("format"),
-        "shape": list(vol.shape),
-        "spacing_mm": [round(s, 4) for s in vol.spacing],
-        "orientation": vol.orientation,
-        "modality": vol.modality,
-        "modality_guessed": bool(meta.get("modality_guessed", False)),
-        "series_uid": meta.get("series_uid"),
-        "series_number": meta.get("series_number"),
-        "series_description": meta.get("series_description"),
-        "value_range": [float(vol.data.min()), float(vol.data.max())],
-        "slice_axis": vol.slice_axis,
-        "n_slices": vol.n_slices,
-        "warnings": vol.warnings,
-    }
-
-
-def load_source_datasets(vol: Volume) -> list[Dataset]:
-    """The full pydicom datasets of a DICOM volume, in k order (one per file), e.g. for DICOM SEG export.
-
-    Raises:
-        UnsupportedFormatError: the volume was not read from DICOM.
-    """
-    if not vol.source_files:
-        msg = f"'{vol.source}' was not read from DICOM; DICOM SEG export needs a DICOM input."
-        raise UnsupportedFormatError(msg)
-    return list(iter_datasets(vol.source_files))
