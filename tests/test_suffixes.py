@@ -19,7 +19,7 @@ from aaclip_med._files import (
     strip_volume_suffix,
     volume_suffix,
 )
-from aaclip_med.cohort.manifest import discover
+from aaclip_med.cohort import discover
 from aaclip_med.errors import UnsupportedFormatError
 from aaclip_med.io import read_volume
 from aaclip_med.organ import read_organ_mask

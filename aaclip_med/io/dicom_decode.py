@@ -80,8 +80,8 @@ def _modality_lut(raw: Array, ds: Dataset, frame: int, ref: str) -> Array:
 
     The Modality LUT module of an enhanced object is the frame's Pixel Value Transformation item (per-frame,
     else shared); other objects carry it at the top level (RescaleSlope/Intercept or a Modality LUT Sequence).
-    A broken rescale (a slope of 0 or empty, or only one of the pair) counts as slope 1 and intercept 0 for the
-    missing part, so such a file still reads as it did before pydicom applied the LUT.
+    A broken rescale (a slope of 0 or empty, or only one of the pair) takes slope 1 and intercept 0 for the bad
+    part, so a missing value neither blanks the image nor stops the read.
     """
     module = next(iter(_group_items(ds, frame, "PixelValueTransformationSequence")), ds)
     slope, intercept = module.get("RescaleSlope"), module.get("RescaleIntercept")
