@@ -1,4 +1,4 @@
-"""File helpers shared by every layer: atomic writes and streamed sha256.
+"""File helpers shared by every layer: atomic writes, streamed sha256 and the input file suffixes.
 
 Atomic writes: write to a temporary sibling, then ``os.replace`` it onto the target.
 
@@ -21,8 +21,13 @@ from aaclip_med._typing import PathLike
 from aaclip_med.errors import OutputError, UnsupportedFormatError
 
 __all__ = [
+    "DICOM_SUFFIXES",
+    "INPUT_SUFFIXES",
     "MARKER",
+    "NIFTI_SUFFIXES",
+    "SITK_SUFFIXES",
     "TRAINING_OUTPUTS",
+    "VOLUME_SUFFIXES",
     "atomic_path",
     "case_name",
     "check_cohort_folder",
@@ -32,6 +37,8 @@ __all__ = [
     "default_output_dir",
     "sha256_file",
     "staged_output",
+    "strip_volume_suffix",
+    "volume_suffix",
     "written_files",
 ]
 
@@ -39,6 +46,14 @@ _CHUNK = 1 << 20
 MARKER = "run.json"  # a folder holding this file is an aaclip-med output (written last, so: a complete one)
 # what a `train` run folder holds: another non-empty folder is not written into
 TRAINING_OUTPUTS = ("adapters.safetensors", "checkpoints", "train_log.csv", "train_log.jsonl")
+
+# The file suffixes aaclip_med.io reads, in one place: the reader's dispatch, folder discovery, case names,
+# mask and organ-label lookup all take them from here, so a format the reader learns is found everywhere.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")  # nibabel; .nii.gz first: organ lookup tries <organ>.nii.gz before .nii
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # SimpleITK (.nhdr/.mhd: header beside a .raw data file)
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)  # single-file images: one file, one volume
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")  # DICOM files and zips (extension-less files are read too)
+INPUT_SUFFIXES = (*VOLUME_SUFFIXES, *DICOM_SUFFIXES)  # every suffix an image or mask file may carry
 
 
 @contextlib.contextmanager
@@ -233,14 +248,31 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def volume_suffix(path: PathLike) -> str:
+    """The lower-case suffix that decides how a file is read: ``.nii.gz`` as one, else the last extension.
+
+    Example:
+        >>> volume_suffix("scans/Case_01.NII.GZ"), volume_suffix("a.b.mha"), volume_suffix("IM0001")
+        ('.nii.gz', '.mha', '')
+    """
+    p = Path(path)
+    return ".nii.gz" if p.name.lower().endswith(".nii.gz") else p.suffix.lower()
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``name`` without a trailing suffix of :data:`INPUT_SUFFIXES` (any case); unchanged when it has none.
+
+    Example:
+        >>> [strip_volume_suffix(n) for n in ("Case_01.nii.gz", "scan.NHDR", "IM0001", "notes.txt")]
+        ['Case_01', 'scan', 'IM0001', 'notes.txt']
+    """
+    suffix = volume_suffix(name)
+    return name[: -len(suffix)] or name if suffix in INPUT_SUFFIXES else name
+
+
 def case_name(path: PathLike) -> str:
     """The case name of an input: its file name without image extensions, or the folder name."""
-    p = Path(path)
-    name = p.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] or p.name
-    return name
+    return strip_volume_suffix(Path(path).name)
 
 
 def default_output_dir(input_path: PathLike) -> Path:

@@ -24,9 +24,10 @@ import numpy as np
 from monai.data.image_reader import ImageReader
 from monai.utils.enums import MetaKeys, SpaceKeys
 
+from aaclip_med._files import INPUT_SUFFIXES, volume_suffix
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.errors import AACLIPMedError, ConfigError
-from aaclip_med.io import _DICOM_SUFFIXES, _NIFTI_SUFFIXES, _SITK_SUFFIXES, _suffix, read_volume
+from aaclip_med.io import read_volume
 from aaclip_med.volume import Volume
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class AACLIPMedReader(ImageReader):
         if len(names) != 1:
             return False
         path = Path(names[0])
-        return path.is_dir() or _suffix(path) in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES, *_DICOM_SUFFIXES)
+        return path.is_dir() or volume_suffix(path) in ("", *INPUT_SUFFIXES)
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Volume | ReadFailure:
         """Read one study; ``kwargs`` (``series``, ``modality``, ``volume_index``) override the constructor's.

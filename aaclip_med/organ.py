@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from aaclip_med._files import VOLUME_SUFFIXES, strip_volume_suffix
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.errors import ConfigError, DicomSeriesError, GeometryError, UnsupportedFormatError
 from aaclip_med.volume import Volume
@@ -32,7 +33,6 @@ __all__ = ["GRID_TOL_MM", "OrganMask", "read_organ_mask"]
 logger = logging.getLogger(__name__)
 
 GRID_TOL_MM = 1e-3  # a mask on the image's grid matches to float rounding (DICOM positions are text)
-_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,16 +58,11 @@ def _structure_names(path: Path) -> list[str]:
 
     if path.is_dir():
         names = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        names += [_stem(p) for p in path.iterdir() if p.name.lower().endswith(_LABEL_SUFFIXES)]
+        names += [strip_volume_suffix(p.name) for p in path.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES)]
     else:
         with zipfile.ZipFile(path) as zf:
             names = [Path(m.filename).parent.name for m in zf.infolist() if not m.is_dir()]
     return sorted(set(names) - {""})
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return next((name[: -len(s)] for s in _LABEL_SUFFIXES if name.lower().endswith(s)), name)
 
 
 def _read_structure(path: Path, organ: str | None) -> Volume:
@@ -90,7 +85,7 @@ def _read_structure(path: Path, organ: str | None) -> Volume:
         msg = (f"--organ {organ} selects a structure inside a folder or zip of masks, but {path} is one file; "
                "drop --organ (use --organ-label N for a label map).")  # fmt: skip
         raise ConfigError(msg)
-    files = [path / f"{organ}{s}" for s in _LABEL_SUFFIXES] if path.is_dir() else []
+    files = [path / f"{organ}{s}" for s in VOLUME_SUFFIXES] if path.is_dir() else []
     found = next((f for f in files if f.is_file()), None)
     if found is not None:
         return read_volume(found)

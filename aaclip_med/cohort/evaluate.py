@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aaclip_med._files import MARKER, case_name, check_output_folder, staged_output, written_files
+from aaclip_med._files import INPUT_SUFFIXES, MARKER, case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
 from aaclip_med.cohort.manifest import Case, read_manifest
 from aaclip_med.cohort.summary import CohortSheets, assemble, case_columns
@@ -30,7 +30,6 @@ _CASE_NOTE = (
     "(cases/<case_id>.html: "
     "the slice viewer with the reference outline in green, and the case's metrics); else the run's report.html."
 )
-_MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def _mask_in_folder(folder: Path, case_id: str) -> Path | None:
     for path in sorted(folder.iterdir()):
         if path.is_dir() and path.name == case_id:
             return path
-        if path.is_file() and path.name.lower().endswith(_MASK_SUFFIXES) and case_name(path) == case_id:
+        if path.is_file() and path.name.lower().endswith(INPUT_SUFFIXES) and case_name(path) == case_id:
             return path
     return None
 

@@ -5,7 +5,7 @@ Manifest (DESIGN §0): ``case_id,image,mask,label,preset,split`` (``path`` is an
 
 Folder discovery (:func:`discover`) walks the folder recursively in sorted order (hidden entries skipped):
 
-- every ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha`` or ``.mhd`` file is one case;
+- every ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd`` file is one case;
 - every DICOM image series is one case, its files grouped by SeriesInstanceUID across sub-folders (the case's
   image is the deepest folder holding all its files, with the series UID as selector when that folder holds
   several series); non-image objects (SEG, SR, RTSTRUCT, ...) are set aside;
@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from aaclip_med._files import VOLUME_SUFFIXES, strip_volume_suffix
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import ManifestError
 from aaclip_med.manifest import MANIFEST_COLUMNS, Case, check_case_id, read_manifest
@@ -44,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _NOT_DICOM_SUFFIXES = (
     ".csv", ".json", ".txt", ".md", ".html", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".raw", ".py",
     ".pdf", ".xml", ".yaml", ".yml", ".toml", ".gz", ".zip", ".npz", ".npy", ".pth", ".safetensors",
@@ -91,11 +91,7 @@ def is_mask_name(path: Path) -> bool:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (*VOLUME_SUFFIXES, ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return strip_volume_suffix(path.name)
 
 
 def _tokens(path: Path, drop_mask_words: bool = False) -> tuple[str, ...]:
@@ -136,7 +132,7 @@ def _pair_masks(images: list[Path], masks: list[Path]) -> dict[Path, Path]:
 
 def _dicom_cases(files: list[Path], root: Path) -> list[tuple[Path, str | None, str]]:
     """(image folder, series selector or None, name) per DICOM image series among ``files``."""
-    from aaclip_med.dicom import Header, group_series, try_read_dataset
+    from aaclip_med.io.dicom_series import Header, group_series, try_read_dataset
 
     headers = [Header(str(f), ds) for f in files if (ds := try_read_dataset(str(f), header_only=True)) is not None]
     series, skipped = group_series([h for h in headers if "DirectoryRecordSequence" not in h.ds])

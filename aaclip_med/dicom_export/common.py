@@ -217,7 +217,7 @@ def export_blocker(source_files: Sequence[str]) -> str | None:
     Args:
         source_files: ``Volume.source_files`` of a DICOM volume (file paths or ``"x.zip::member"``).
     """
-    from aaclip_med.dicom import read_dataset
+    from aaclip_med.io.dicom_series import read_dataset
 
     refs = list(dict.fromkeys(source_files))
     if not refs:

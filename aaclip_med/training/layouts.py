@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 
 from aaclip_med import manifest
+from aaclip_med._files import INPUT_SUFFIXES
 from aaclip_med.errors import ManifestError, did_you_mean
 from aaclip_med.manifest import Case
 
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm", ".zip")
 
 
 def is_2d_image(path: Path) -> bool:
@@ -67,7 +67,7 @@ def _files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Pat
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (*_VOLUME_SUFFIXES, *IMAGE_SUFFIXES):
+    for suffix in (*INPUT_SUFFIXES, *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -76,7 +76,7 @@ def _stem(path: Path) -> str:
 
 def _find_mask(folders: list[Path], stem: str, where: str) -> Path:
     for folder in folders:
-        for candidate in (*_files(folder), *_files(folder, _VOLUME_SUFFIXES)):
+        for candidate in (*_files(folder), *_files(folder, INPUT_SUFFIXES)):
             if _stem(candidate) in (stem, f"{stem}_mask"):
                 return candidate
     names = " or ".join(str(f) for f in folders)
@@ -126,7 +126,7 @@ def _volumes(base: Path, split: str) -> list[Case]:
         image_dir = base / images_name
         if not image_dir.is_dir():
             continue
-        entries = sorted(p for p in image_dir.iterdir() if p.is_dir() or p.name.lower().endswith(_VOLUME_SUFFIXES))
+        entries = sorted(p for p in image_dir.iterdir() if p.is_dir() or p.name.lower().endswith(INPUT_SUFFIXES))
         for image in entries:
             mask = _find_mask([base / n for n in labels_names], _stem(image), str(image))
             records.append(Case(_stem(image), image, mask, None, None, split, where=str(image)))

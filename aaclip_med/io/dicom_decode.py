@@ -1,9 +1,10 @@
 """Decode a DICOM image series into a float32 volume with its RAS affine.
 
 Slices (files or frames of an enhanced multi-frame object) are sorted by ImagePositionPatient projected on the
-slice normal (never by file name or InstanceNumber), rescaled with RescaleSlope/Intercept (CT in HU) and stacked
-nibabel-style: ``data[i, j, k]`` with i the column index (along the IOP row direction), j the row index and k
-along the normal. The affine columns are ``row_dir * col_spacing``, ``col_dir * row_spacing`` and
+slice normal (never by file name or InstanceNumber), mapped to modality units (CT: HU) by pydicom's
+``apply_modality_lut`` (RescaleSlope/Intercept or a Modality LUT Sequence; per frame in enhanced objects) and
+stacked nibabel-style: ``data[i, j, k]`` with i the column index (along the IOP row direction), j the row index
+and k along the normal. The affine columns are ``row_dir * col_spacing``, ``col_dir * row_spacing`` and
 ``normal * slice_spacing``, with the origin at the first slice's IPP, converted from LPS to RAS.
 """
 
@@ -15,10 +16,11 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
 
 from aaclip_med._typing import Affine, Array
-from aaclip_med.dicom import SeriesInfo, read_dataset
 from aaclip_med.errors import DicomSeriesError, UnsupportedFormatError
+from aaclip_med.io.dicom_series import SeriesInfo, read_dataset
 
 __all__ = ["DecodedSeries", "decode_series"]
 
@@ -56,20 +58,42 @@ class DecodedSeries:
     warnings: list[str] = field(default_factory=list)
 
 
-def _group_value(ds: Dataset, frame: int, sequence: str, attr: str) -> Any:
-    """Attribute from the per-frame functional group, falling back to the shared one (enhanced objects)."""
-    candidates = []
+def _group_items(ds: Dataset, frame: int, sequence: str) -> list[Dataset]:
+    """The items of a functional group macro for one frame: the per-frame one first, then the shared one."""
+    groups = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None and frame < len(per_frame):
-        candidates.append(per_frame[frame])
+        groups.append(per_frame[frame])
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared:
-        candidates.append(shared[0])
-    for group in candidates:
-        items = group.get(sequence)
-        if items and attr in items[0]:
-            return items[0][attr].value
-    return ds.get(attr)
+        groups.append(shared[0])
+    return [items[0] for group in groups if (items := group.get(sequence))]
+
+
+def _group_value(ds: Dataset, frame: int, sequence: str, attr: str) -> Any:  # noqa: ANN401 - a DICOM value
+    """Attribute from the per-frame functional group, falling back to the shared one (enhanced objects)."""
+    return next((item[attr].value for item in _group_items(ds, frame, sequence) if attr in item), ds.get(attr))
+
+
+def _modality_lut(raw: Array, ds: Dataset, frame: int, ref: str) -> Array:
+    """Stored values to modality units (CT: HU) with pydicom's ``apply_modality_lut``, as float32.
+
+    The Modality LUT module of an enhanced object is the frame's Pixel Value Transformation item (per-frame,
+    else shared); other objects carry it at the top level (RescaleSlope/Intercept or a Modality LUT Sequence).
+    A broken rescale (a slope of 0 or empty, or only one of the pair) takes slope 1 and intercept 0 for the bad
+    part, so a missing value neither blanks the image nor stops the read.
+    """
+    module = next(iter(_group_items(ds, frame, "PixelValueTransformationSequence")), ds)
+    slope, intercept = module.get("RescaleSlope"), module.get("RescaleIntercept")
+    rescale = "RescaleSlope" in module or "RescaleIntercept" in module
+    if rescale and not module.get("ModalityLUTSequence") and not (slope and intercept is not None):
+        module = Dataset()
+        module.RescaleSlope, module.RescaleIntercept = slope or 1.0, intercept or 0.0
+    try:
+        return np.asarray(apply_modality_lut(raw, module), dtype=np.float32)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        msg = f"'{ref}' has an unusable Modality LUT ({type(err).__name__}: {err}); re-export the file."
+        raise UnsupportedFormatError(msg.replace("\n", " ")) from err
 
 
 def _pixels(ds: Dataset, ref: str) -> Array:
@@ -100,8 +124,6 @@ def _frames(ds: Dataset, ref: str, warns: list[str]) -> list[_Frame]:
     enhanced = "PerFrameFunctionalGroupsSequence" in ds
     frames = []
     for f in range(n):
-        slope = float(_group_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope") or 1.0)
-        intercept = float(_group_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0)
         ipp = _group_value(ds, f, "PlanePositionSequence", "ImagePositionPatient")
         iop = _group_value(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = _group_value(ds, f, "PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing")
@@ -114,7 +136,7 @@ def _frames(ds: Dataset, ref: str, warns: list[str]) -> list[_Frame]:
         if spacing is None:
             warns.append(f"{ref}: no PixelSpacing; 1 mm assumed")
             spacing = [1.0, 1.0]
-        pixels = raw[f].astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        pixels = _modality_lut(raw[f], ds, f, ref)
         frames.append(
             _Frame(
                 ref,

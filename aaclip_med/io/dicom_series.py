@@ -2,7 +2,7 @@
 
 MONAI's readers take the first series or mix series and sort by InstanceNumber; here every input is grouped by
 SeriesInstanceUID, a series is chosen explicitly when there are several, and non-image objects (SR, RTSTRUCT, SEG,
-PR, KO, ...) are set aside with a reason. Decoding and geometry live in :mod:`aaclip_med.dicom_decode`.
+PR, KO, ...) are set aside with a reason. Decoding and geometry live in :mod:`aaclip_med.io.dicom_decode`.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def discover(path: Path, folder: str | None = None) -> tuple[list[Header], str]:
     return headers, kind
 
 
-def _int_or_none(value: Any) -> int | None:
+def _int_or_none(value: Any) -> int | None:  # noqa: ANN401 - a DICOM element value
     try:
         return int(value)
     except (TypeError, ValueError):
