@@ -17,7 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from aaclip_med.cohort import Case, discover, read_manifest, run_cohort, shard
+from aaclip_med.cohort import run_cohort, shard
+from aaclip_med.discovery import discover
+from aaclip_med.manifest import Case, read_manifest
 from aaclip_med.config import ExportConfig, InferenceConfig, RunConfig
 from aaclip_med.errors import ManifestError, OutputError
 from tests.conftest import build_series

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip_med.cohort import read_manifest
+from aaclip_med.manifest import read_manifest
 from aaclip_med.errors import ManifestError
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"

@@ -16,9 +16,9 @@ from typing import Any
 
 from aaclip_med._files import case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
-from aaclip_med.cohort.manifest import Case, read_manifest
 from aaclip_med.cohort.summary import MARKER, CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import Case, read_manifest
 from aaclip_med.privacy import Naming
 
 __all__ = ["EvalResult", "evaluate", "find_runs"]

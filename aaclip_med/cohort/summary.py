@@ -21,8 +21,8 @@ import numpy as np
 from aaclip_med._files import MARKER
 from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
 from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
-from aaclip_med.cohort.manifest import Case
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
+from aaclip_med.manifest import Case
 from aaclip_med.organ import GRID_TOL_MM
 from aaclip_med.volume import Volume
 

@@ -26,10 +26,10 @@ import torch
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
-from aaclip_med.errors import ConfigError
+from aaclip_med.config import parse_threshold_rule
 from aaclip_med.metrics.ranking import auroc, f1_max
 
-__all__ = ["MAX_PIXELS", "ValidationScores", "choose_threshold", "collect_validation", "parse_threshold_rule"]
+__all__ = ["MAX_PIXELS", "ValidationScores", "choose_threshold", "collect_validation"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +61,6 @@ class ValidationScores:
             "val_pixel_auroc": auroc(self.pixel_labels, self.pixel_scores, reasons=reasons),
             "val_image_auroc": auroc(self.image_labels, self.image_scores, reasons=reasons),
         }
-
-
-def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
-    """Parse ``f1``, ``youden`` or ``fpr:X`` into ``(kind, target)``.
-
-    Raises:
-        ConfigError: any other value, or an FPR outside (0, 1).
-    """
-    text = rule.strip().lower()
-    if text in ("f1", "youden"):
-        return text, None
-    if text.startswith("fpr:"):
-        try:
-            target = float(text[4:])
-        except ValueError:
-            target = math.nan
-        if 0.0 < target < 1.0:
-            return "fpr", target
-    msg = f"Threshold rule '{rule}' is not known; use f1, youden or fpr:X with 0 < X < 1 (e.g. fpr:0.05)."
-    raise ConfigError(msg)
 
 
 @torch.no_grad()
