@@ -318,7 +318,7 @@ def eval_(
 ) -> None:
     """Evaluate predictions against reference masks.
 
-    Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
+    Writes slice_metrics.csv, cases.csv, summary.csv, summary.json and report.html.
     """
     check_paths(predictions, labels)
     from aaclip_med.cohort import evaluate

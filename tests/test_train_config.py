@@ -66,9 +66,10 @@ def _toml(data: dict[str, object]) -> str:
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
-    cfg = TrainConfig(model="aaclip-tiny", backbone_weights="random", image_size=224, text_epochs=0, image_epochs=3,
-                      text_lr=2e-5, image_lr_milestones=(10, 20), seed=7, precision="fp32", preset="brain_mri",
-                      vv_axis="batch", threshold_rule="fpr:0.05", stage1_levels="all", stage1_cls_loss=True)
+    cfg = TrainConfig(model="aaclip-tiny", backbone_weights="random", image_size=224, text_epochs=0,
+                      image_epochs=3, text_lr=2e-5, image_lr_milestones=(10, 20), seed=7, precision="fp32",
+                      preset="brain_mri", vv_axis="batch", threshold_rule="fpr:0.05", stage1_levels="all",
+                      stage1_cls_loss=True)
     path = tmp_path / "train.toml"
     path.write_text('description = "a training recipe"\n' + _toml(cfg.to_dict()), encoding="utf-8")
     assert load_train_config(path) == cfg

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaclip_med._files import check_cohort_folder
+from aaclip_med._files import MARKER, check_cohort_folder
 from aaclip_med._typing import PathLike
-from aaclip_med.cohort.summary import FAILURE_COLUMNS, MARKER, assemble, case_columns
+from aaclip_med.cohort.summary import FAILURE_COLUMNS, SUMMARY_SHEET_COLUMNS, assemble, case_columns
 from aaclip_med.config import RunConfig
 from aaclip_med.discovery import load_cases
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
@@ -333,11 +333,12 @@ def run_cohort(
                           n_skipped=len(finished), files=files)
     if tag:
         return result
-    files["summary"] = report.write_sheet(sheets.summary, out / "summary.csv")
-    if sheets.slices:
-        from aaclip_med.metrics import SLICE_COLUMNS
+    files["summary"] = report.write_sheet(sheets.summary, out / "summary.csv", columns=SUMMARY_SHEET_COLUMNS)
+    if sheets.slice_metrics:
+        from aaclip_med.metrics import SLICE_METRIC_COLUMNS
 
-        files["slices"] = report.write_sheet(sheets.slices, out / "slices.csv", columns=list(SLICE_COLUMNS))
+        files["slice_metrics"] = report.write_sheet(sheets.slice_metrics, out / "slice_metrics.csv",
+                                                    columns=SLICE_METRIC_COLUMNS)
     metadata = sheets.provenance_model.get("metadata") or (model.metadata() if model is not None else {})
     prov = report.provenance(
         cfg, metadata, [source] if Path(source).is_file() else [], {"total_s": time.perf_counter() - t_start},

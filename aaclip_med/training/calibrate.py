@@ -20,6 +20,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,11 @@ class ValidationScores:
 
 @torch.no_grad()
 def collect_validation(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, seed: int = 0, progress: bool = False
+    model: torch.nn.Module,
+    loader: DataLoader[dict[str, Any]],
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = False,
 ) -> ValidationScores:
     """Score every validation sample with the model's inference maps and sample pixels for the metrics.
 

@@ -238,7 +238,7 @@ def run_stage(
             parts = loss_fn(model, batch, cfg)
             loss = sum(parts.values(), torch.zeros(()))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()
             scheduler.step()
             n_batches += 1

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import read_manifest
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.data import SliceDataset, build_datasets
-from aaclip_med.manifest import read_manifest
 from aaclip_med.training.layouts import discover_folder
 from tests.training.conftest import SIZE, write_pair, write_volume
 
