@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from aaclip_med.cohort.evaluate import EvalResult, evaluate, find_runs
 from aaclip_med.cohort.runner import CaseOutcome, CohortResult, run_case, run_cohort, shard
-from aaclip_med.cohort.summary import CASE_SHEET_COLUMNS, FAILURE_COLUMNS, assemble
+from aaclip_med.cohort.summary import CASE_SHEET_COLUMNS, FAILURE_COLUMNS, SUMMARY_SHEET_COLUMNS, assemble
 from aaclip_med.discovery import discover, is_mask_name, load_cases
 from aaclip_med.manifest import Case, read_manifest, write_manifest
 
 __all__ = [
     "CASE_SHEET_COLUMNS",
     "FAILURE_COLUMNS",
+    "SUMMARY_SHEET_COLUMNS",
     "Case",
     "CaseOutcome",
     "CohortResult",

@@ -5,8 +5,8 @@
 - Pixel level (:mod:`~aaclip_med.metrics.pixel`): :class:`PixelAccumulator` (memory-bounded histograms or exact),
   :func:`pixel_metrics` (one case), :func:`aupro` (MVTec AD protocol, FPR <= 0.3, normalised).
 - Masks (:mod:`~aaclip_med.metrics.segmentation`): :func:`dice_iou`, :func:`lesion_detection`.
-- Sheets (:mod:`~aaclip_med.metrics.rows`): :func:`normalise_maps`, :func:`evaluate_set`, :func:`slice_metric_rows`,
-  :func:`case_row`, :func:`summary_rows` and their column tuples.
+- Sheets (:mod:`~aaclip_med.metrics.rows`): :func:`normalise_maps`, :func:`evaluate_set`,
+  :func:`slice_metric_rows`, :func:`case_row`, :func:`summary_rows` and their column tuples.
 
 Undefined values (one class only, empty masks, constant scores) are NaN, never an exception; the reason goes to
 the ``reasons`` list the caller passes, or else to an :class:`UndefinedMetricWarning`.

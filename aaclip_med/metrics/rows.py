@@ -1,5 +1,4 @@
-"""Map normalisation, set evaluation and the evaluation row builders: ``slice_metrics.csv`` and the metric parts of
-``cases.csv`` and ``summary.csv``.
+"""Map normalisation, set evaluation and the evaluation rows (``slice_metrics.csv``, parts of cases/summary.csv).
 
 Columns (values are floats in [0, 1], never x100; NaN where undefined, the reason in ``reasons``):
 
