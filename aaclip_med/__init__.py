@@ -22,8 +22,10 @@ _EXPORTS: dict[str, str] = {
     "AACLIPMedError": "aaclip_med.errors",
     "MODALITY_PRESETS": "aaclip_med.config",
     "RunConfig": "aaclip_med.config",
+    "TrainConfig": "aaclip_med.config",
     "get_preset": "aaclip_med.config",
     "load_run_config": "aaclip_med.config",
+    "load_train_config": "aaclip_med.config",
     "Volume": "aaclip_med.volume",
     "stack_slices": "aaclip_med.volume",
     "read_volume": "aaclip_med.io",
@@ -49,6 +51,7 @@ __all__ = [
     "RunConfig",
     "RunOutputs",
     "SliceOutput",
+    "TrainConfig",
     "Volume",
     "VolumeResult",
     "__version__",
@@ -58,6 +61,7 @@ __all__ = [
     "get_preset",
     "list_models",
     "load_run_config",
+    "load_train_config",
     "read_organ_mask",
     "read_volume",
     "run_cohort",
@@ -72,7 +76,14 @@ __all__ = [
 if TYPE_CHECKING:
     from aaclip_med.cohort.evaluate import evaluate
     from aaclip_med.cohort.runner import run_cohort
-    from aaclip_med.config import MODALITY_PRESETS, RunConfig, get_preset, load_run_config
+    from aaclip_med.config import (
+        MODALITY_PRESETS,
+        RunConfig,
+        TrainConfig,
+        get_preset,
+        load_run_config,
+        load_train_config,
+    )
     from aaclip_med.errors import AACLIPMedError
     from aaclip_med.inference import VolumeResult, score_volume
     from aaclip_med.io import describe_volume, read_volume, write_nifti

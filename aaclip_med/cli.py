@@ -58,8 +58,10 @@ from aaclip_med.cli_options import (
     fail,
     scoring_config,
     scoring_flags,
+    train_config,
     user_errors,
 )
+from aaclip_med.config import TrainConfig
 
 if TYPE_CHECKING:
     from typer._click import Context
@@ -319,7 +321,7 @@ def eval_(
 ) -> None:
     """Evaluate predictions against reference masks.
 
-    Writes slices.csv, cases.csv, summary.csv, summary.json and report.html.
+    Writes slice_metrics.csv, cases.csv, summary.csv, summary.json and report.html.
     """
     check_paths(predictions, labels)
     from aaclip_med.cohort import evaluate
@@ -338,28 +340,53 @@ def eval_(
     typer.echo(f"sheets: {res.out_dir}")
 
 
+_TRAIN = TrainConfig()  # the defaults the training flags' help shows
+
+
 @app.command()
 @user_errors
 def train(
     data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
-    model: Annotated[str, typer.Option(help="Model name (see `aaclip-med weights list`).")] = "aaclip-vitl14-336",
+    config: Annotated[
+        Path | None, typer.Option(help="Training TOML (TrainConfig keys); the flags given override it.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model name (default {_TRAIN.model}).")] = None,
     backbone_weights: BackboneOpt = None,
     image_size: SizeOpt = None,
-    text_epochs: Annotated[int, typer.Option(min=0, help="Stage 1 epochs (text adapter).")] = 5,
-    image_epochs: Annotated[int, typer.Option(min=0, help="Stage 2 epochs (image adapter).")] = 20,
-    text_batch_size: Annotated[int, typer.Option(min=1, help="Stage 1 slices per step.")] = 16,
-    image_batch_size: Annotated[int, typer.Option(min=1, help="Stage 2 slices per step.")] = 2,
-    text_lr: Annotated[float, typer.Option(min=0, help="Stage 1 learning rate.")] = 1e-5,
-    image_lr: Annotated[float, typer.Option(min=0, help="Stage 2 learning rate.")] = 5e-4,
-    seed: Annotated[int, typer.Option(help="Seeds data order, augmentation and a random backbone.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
+    text_epochs: Annotated[
+        int | None, typer.Option(min=0, help=f"Stage 1 epochs, text adapter ({_TRAIN.text_epochs}).")
+    ] = None,
+    image_epochs: Annotated[
+        int | None, typer.Option(min=0, help=f"Stage 2 epochs, image adapter ({_TRAIN.image_epochs}).")
+    ] = None,
+    text_batch_size: Annotated[
+        int | None, typer.Option(min=1, help=f"Stage 1 slices per step ({_TRAIN.text_batch_size}).")
+    ] = None,
+    image_batch_size: Annotated[
+        int | None, typer.Option(min=1, help=f"Stage 2 slices per step ({_TRAIN.image_batch_size}).")
+    ] = None,
+    text_lr: Annotated[
+        float | None, typer.Option(min=0, help=f"Stage 1 learning rate ({_TRAIN.text_lr}).")
+    ] = None,
+    image_lr: Annotated[
+        float | None, typer.Option(min=0, help=f"Stage 2 learning rate ({_TRAIN.image_lr}).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds data order, augmentation, random backbone (0).")] = None,
+    device: DeviceOpt = None,
+    precision: Annotated[str | None, typer.Option(help="auto (default), fp32, bf16, fp16.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUT.")] = False,
     preset: PresetOpt = None,
-    vv_axis: Annotated[str, typer.Option(help="Stage-1 V-V axis: tokens (intended), batch (ref.).")] = "tokens",
-    threshold_rule: Annotated[str, typer.Option(help="Threshold on validation: f1, youden or fpr:0.05.")] = "f1",
-    stage1_levels: Annotated[str, typer.Option(help="Stage-1 loss levels: last (reference) or all.")] = "last",
+    vv_axis: Annotated[str | None, typer.Option(help="Stage-1 V-V axis: tokens (default), batch (ref.).")] = None,
+    threshold_rule: Annotated[
+        str | None, typer.Option(help="Threshold on validation: f1 (default), youden or fpr:0.05.")
+    ] = None,
+    stage1_levels: Annotated[
+        str | None, typer.Option(help="Stage-1 loss levels: last (default, reference) or all.")
+    ] = None,
+    stage1_cls_loss: Annotated[
+        bool, typer.Option("--stage1-cls-loss", help="Add the image-level loss to stage 1 (paper Eq. 4).")
+    ] = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train both AA-CLIP stages on your labelled data.
@@ -368,20 +395,15 @@ def train(
     """
     from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
 
-    check_paths(data)
+    check_paths(data, config)
+    cfg = train_config(config, locals())  # bad settings fail here, before the slow imports
     check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
     _heavy_imports("the training code")
     from aaclip_med.training import train as train_adapters
 
-    path = train_adapters(
-        data, out, model=model, backbone_weights=backbone_weights, image_size=image_size,
-        text_epochs=text_epochs, image_epochs=image_epochs, text_batch_size=text_batch_size,
-        image_batch_size=image_batch_size, text_lr=text_lr, image_lr=image_lr, seed=seed, device=device,
-        precision=precision, resume=resume, progress=not no_progress, preset=preset, vv_axis=vv_axis,
-        threshold_rule=threshold_rule, stage1_levels=stage1_levels,
-    )  # fmt: skip
+    path = train_adapters(data, out, cfg, resume=resume, progress=not no_progress)
     typer.echo(f"adapters: {path}")
-    typer.echo(f"use them: aaclip-med run STUDY --model {model} --adapter-weights {path}")
+    typer.echo(f"use them: aaclip-med run STUDY --model {cfg.model} --adapter-weights {path}")
 
 
 weights_app = typer.Typer(help="List models; import and verify weights.")

@@ -1,4 +1,4 @@
-"""Command-line plumbing: exit codes, the one-line error wrapper, and the flags ``run`` and ``batch`` share.
+"""Command-line plumbing: exit codes, the one-line error wrapper, the flags of ``run``/``batch`` and ``train``.
 
 Kept apart from :mod:`aaclip_med.cli` (the commands); light imports only, so ``--help`` stays fast.
 """
@@ -17,7 +17,7 @@ from aaclip_med._logging import configure_logging
 from aaclip_med.errors import AACLIPMedError
 
 if TYPE_CHECKING:
-    from aaclip_med.config import RunConfig
+    from aaclip_med.config import RunConfig, TrainConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,6 +119,35 @@ def scoring_config(config: Path | None, **flags: Any) -> RunConfig:
         else:
             top[name] = value
     return dataclasses.replace(cfg, **top, **sections)
+
+
+# Flags of `train`, each named as the TrainConfig field it sets (image_lr_milestones is set in the TOML only).
+_TRAIN_FLAGS = (
+    "model", "backbone_weights", "image_size", "text_epochs", "image_epochs", "text_batch_size",
+    "image_batch_size", "text_lr", "image_lr", "seed", "device", "precision", "preset", "vv_axis",
+    "threshold_rule", "stage1_levels", "stage1_cls_loss",
+)  # fmt: skip
+
+
+def train_config(config: Path | None, params: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of `train`: ``--config`` (or the defaults) with the flags given laid over it.
+
+    Args:
+        config: A training TOML (:func:`~aaclip_med.config.load_train_config`), or None.
+        params: The command's parameters (``locals()``); a flag left at None (a switch left off) keeps the value.
+
+    Raises:
+        ConfigError: a bad TOML or a bad value, named with the rule and the fix.
+    """
+    import dataclasses
+
+    from aaclip_med.config import TrainConfig, load_train_config
+
+    cfg = load_train_config(config) if config is not None else TrainConfig()
+    given = {name: params[name] for name in _TRAIN_FLAGS if params.get(name) is not None}
+    if not given.get("stage1_cls_loss", True):  # a switch only turns its setting on
+        del given["stage1_cls_loss"]
+    return dataclasses.replace(cfg, **given)
 
 
 # Options shared by `run` and `batch` (one definition each, flags map one-to-one onto RunConfig fields).

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses, the modality preset table and TOML loading.
+"""Frozen configuration dataclasses (:class:`RunConfig`, :class:`TrainConfig`), the preset table, TOML loading.
 
 Behaviour per modality is a table (:data:`MODALITY_PRESETS`), not ``if`` chains: a preset bundles the intensity
 window, the foreground rule used to skip empty slices, the prompt set and the map blur.
@@ -34,9 +34,13 @@ __all__ = [
     "ModalityPreset",
     "PromptConfig",
     "RunConfig",
+    "TrainConfig",
+    "VV_AXES",
     "WindowConfig",
     "get_preset",
     "load_run_config",
+    "load_train_config",
+    "parse_threshold_rule",
     "preset_for_modality",
 ]
 
@@ -52,6 +56,17 @@ Fusion = Literal["fused", "memory", "text"]  # how a normal-reference memory map
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 # Accepted ``backend`` values (engines of the vision path, aaclip_med.model.backends): "auto" picks by measurement.
 BACKENDS: tuple[str, ...] = ("auto", "eager", "cast", "compile", "openvino")
+# Stage-1 V-V attention axes (TrainConfig.vv_axis, aaclip_med.model.surgery): "tokens" as intended, "batch" as the
+# reference code (parity only).
+VV_AXES: tuple[str, ...] = ("tokens", "batch")
+STAGE1_LEVELS: tuple[str, ...] = ("last", "all")  # "last": the reference's loss (only level 24 survives its loop)
+_SIZES = (32, 2048)  # model input sizes accepted for scoring and training (inclusive)
+_SIZE_RULE = f"image_size={{}} is out of range; use {_SIZES[0]}..{_SIZES[1]} (or leave it unset)"
+
+
+def _size_ok(size: int) -> bool:
+    return _SIZES[0] <= size <= _SIZES[1]
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +251,8 @@ class InferenceConfig:
             bad = f"threshold={self.threshold!r} is not a finite number; pass a value in raw AA-CLIP map units"
         elif self.batch_size < 1 or self.topk < 1:
             bad = f"batch_size={self.batch_size}, topk={self.topk}: both must be >= 1"
-        elif self.image_size is not None and not 32 <= self.image_size <= 2048:
-            bad = f"image_size={self.image_size} is out of range; use 32..2048 (or leave it unset)"
+        elif self.image_size is not None and not _size_ok(self.image_size):
+            bad = _SIZE_RULE.format(self.image_size)
         elif not math.isfinite(self.min_component_mm3) or self.min_component_mm3 < 0:
             bad = f"min_component_mm3={self.min_component_mm3!r} must be a finite number >= 0"
         elif self.precision not in PRECISIONS:
@@ -289,6 +304,101 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """How ``aaclip-med train`` (:func:`aaclip_med.train`) trains both AA-CLIP stages (defaults: spec section 5.3).
+
+    The fields map one-to-one onto the flags of ``aaclip-med train`` (``--text-epochs`` sets ``text_epochs``) and
+    onto the keys of a training TOML (:func:`load_train_config`); the checkpoint metadata records them
+    (``training``). Override one field with ``dataclasses.replace(cfg, seed=1)``.
+
+    Example:
+        >>> TrainConfig(model="aaclip-tiny", backbone_weights="random", image_epochs=2).image_epochs
+        2
+    """
+
+    model: str = "aaclip-vitl14-336"  # registry name of the backbone configuration
+    backbone_weights: str | None = None  # open_clip tag, weight file, or "random" (None: the model's default)
+    image_size: int | None = None  # training input size (None: the model's)
+    text_epochs: int = 5  # stage 1 (text adapter); 0 skips it: anchors from the untrained text adapter
+    image_epochs: int = 20  # stage 2 (image adapter)
+    text_batch_size: int = 16  # stage-1 batch; the V-V features mix the batch when vv_axis="batch"
+    image_batch_size: int = 2
+    text_lr: float = 1e-5  # Adam learning rates
+    image_lr: float = 5e-4
+    image_lr_milestones: tuple[int, ...] = (16000, 32000)  # stage-2 iterations at which the learning rate halves
+    seed: int = 0  # Python, NumPy, torch, shuffling, augmentation and (random backbones) the model
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast); int8 is inference only
+    preset: str | None = None  # for cases without one (None: each volume's modality; "reference" for 2D images)
+    vv_axis: str = "tokens"  # stage-1 V-V attention axis (VV_AXES): "tokens" (intended) or "batch" (parity)
+    threshold_rule: str = "f1"  # f1 (pixel F1-max), youden or fpr:X, chosen on the validation split
+    stage1_levels: str = "last"  # STAGE1_LEVELS: "last" (reference) or "all" levels in the stage-1 loss
+    stage1_cls_loss: bool = False  # image-level CE in stage 1 (the paper's Eq. 4; off in the reference code)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would only fail (or silently misbehave) after the data and the model are loaded."""
+        milestones = self.image_lr_milestones
+        lrs = {"text_lr": self.text_lr, "image_lr": self.image_lr}
+        bad_lr = next((f"{k}={v!r}" for k, v in lrs.items() if not (math.isfinite(v) and v >= 0)), None)
+        if not self.model:
+            bad = "model='' is empty; pass a registry name (see `aaclip-med weights list`)"
+        elif self.image_size is not None and not _size_ok(self.image_size):
+            bad = _SIZE_RULE.format(self.image_size)
+        elif self.text_epochs < 0 or self.image_epochs < 0:
+            bad = f"text_epochs={self.text_epochs}, image_epochs={self.image_epochs}: both must be >= 0"
+        elif self.text_batch_size < 1 or self.image_batch_size < 1:
+            sizes = f"text_batch_size={self.text_batch_size}, image_batch_size={self.image_batch_size}"
+            bad = f"{sizes}: both must be >= 1"
+        elif bad_lr is not None:
+            bad = f"{bad_lr} must be a finite number >= 0 (an Adam learning rate, e.g. 1e-5)"
+        elif any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            bad = f"image_lr_milestones={milestones!r} must be increasing iteration counts >= 1 ([16000, 32000])"
+        elif self.precision not in PRECISIONS or self.precision == "int8":
+            bad = (f"precision={self.precision!r} is not valid for training; use auto, fp32, bf16 or fp16 (int8 "
+                   "is inference only: quantised layers have no gradient)")
+        elif self.preset is not None and self.preset not in MODALITY_PRESETS:
+            bad = (f"preset={self.preset!r} is not known; {did_you_mean(self.preset, MODALITY_PRESETS)}"
+                   f"use one of {', '.join(MODALITY_PRESETS)} or leave it unset")
+        elif self.vv_axis not in VV_AXES:
+            bad = f"vv_axis={self.vv_axis!r} is not valid; use 'tokens' (intended) or 'batch' (reference parity)"
+        elif self.stage1_levels not in STAGE1_LEVELS:
+            bad = f"stage1_levels={self.stage1_levels!r} is not valid; use 'last' (reference) or 'all'"
+        else:
+            parse_threshold_rule(self.threshold_rule)
+            return
+        msg = f"Invalid training setting: {bad}."
+        raise ConfigError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-serialisable data (milestones as a list)."""
+        return {**dataclasses.asdict(self), "image_lr_milestones": list(self.image_lr_milestones)}
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Parse a threshold rule, ``f1``, ``youden`` or ``fpr:X``, into ``(kind, target)``.
+
+    Raises:
+        ConfigError: any other value, or an FPR outside (0, 1).
+
+    Example:
+        >>> parse_threshold_rule("fpr:0.05")
+        ('fpr', 0.05)
+    """
+    text = rule.strip().lower()
+    if text in ("f1", "youden"):
+        return text, None
+    if text.startswith("fpr:"):
+        try:
+            target = float(text[4:])
+        except ValueError:
+            target = math.nan
+        if 0.0 < target < 1.0:
+            return "fpr", target
+    msg = f"Threshold rule '{rule}' is not known; use f1, youden or fpr:X with 0 < X < 1 (e.g. fpr:0.05)."
+    raise ConfigError(msg)
+
+
 def _build(cls: type[_Config], data: Mapping[str, Any], where: str) -> _Config:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
@@ -317,6 +427,19 @@ def _build(cls: type[_Config], data: Mapping[str, Any], where: str) -> _Config:
         raise ConfigError(msg) from err
 
 
+def _read_toml(path: Path, example: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        msg = f"{path}: config not found. Check the path."
+        raise ConfigError(msg) from err
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+        msg = f"{path}: not a readable TOML file ({err}). Fix it; see {example} for an example."
+        raise ConfigError(msg) from err
+    data.pop("description", None)
+    return data
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a run configuration TOML (``preset``, ``[inference]``, ``[export]``) into a :class:`RunConfig`.
 
@@ -327,15 +450,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         >>> cfg = load_run_config("pipelines/brain_mri.toml")  # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        msg = f"{path}: run config not found. Check the path."
-        raise ConfigError(msg) from err
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
-        msg = f"{path}: not a readable TOML file ({err}). Fix it; see pipelines/liver_ct.toml for an example."
-        raise ConfigError(msg) from err
-    data.pop("description", None)
+    data = _read_toml(path, "pipelines/liver_ct.toml")
     try:
         cfg = _build(RunConfig, data, "")
     except ConfigError as err:
@@ -343,4 +458,33 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(msg) from err
     if cfg.preset is not None:
         get_preset(cfg.preset)
+    return cfg
+
+
+def load_train_config(path: str | Path, table: str | None = None) -> TrainConfig:
+    """Read a training TOML (the :class:`TrainConfig` fields as keys, ``description`` allowed) into a TrainConfig.
+
+    Args:
+        path: The TOML file.
+        table: Read the keys of this table (``train`` in ``pipelines/train_demo.toml``) instead of the top level;
+            the file's other keys are then left to its owner.
+
+    Raises:
+        ConfigError: the file is missing, not valid TOML, lacks ``table``, or has unknown keys or bad values.
+
+    Example:
+        >>> cfg = load_train_config("pipelines/train_demo.toml", table="train")  # doctest: +SKIP
+    """
+    path = Path(path)
+    data = _read_toml(path, "pipelines/train_demo.toml")
+    if table is not None:
+        if not isinstance(data.get(table), dict):
+            msg = f"{path}: no [{table}] table; add one with the training settings."
+            raise ConfigError(msg)
+        data = data[table]
+    try:
+        cfg: TrainConfig = _build(TrainConfig, data, table or "")
+    except ConfigError as err:
+        msg = f"{path}: {err}"
+        raise ConfigError(msg) from err
     return cfg

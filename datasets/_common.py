@@ -15,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from aaclip_med.cohort import Case, write_manifest
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import Case, write_manifest
 
 __all__ = ["Case", "check_outside", "find", "label_subset", "main_parser", "matches", "save_manifest"]
 

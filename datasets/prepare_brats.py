@@ -2,7 +2,8 @@
 
 Default patterns: image ``*flair*.nii*``, mask ``*seg*.nii*`` (BraTS 2018-2023); for the BRATS 2015 DeepMedic
 layout pass ``--image '*flair*' --mask '*OTMultiClass*'``. Every tumour label (> 0) is an anomaly, so masks are
-used as they are. The split is taken from a ``train``/``validation``/``test`` folder on the path, else ``--split``.
+used as they are. The split is taken from a folder on the path named as a split (``train``, ``training``,
+``val``, ``valid``, ``validation``, ``test``: :data:`aaclip_med.manifest.SPLITS`), else ``--split``.
 
 Usage:
     python datasets/prepare_brats.py /data/BraTS2021 -o work/brats.csv
@@ -18,16 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Case, find, main_parser, save_manifest  # noqa: E402
 
-__all__ = ["brats_cases", "main"]
+from aaclip_med.manifest import SPLITS  # noqa: E402
 
-_SPLITS = {"train": "train", "training": "train", "valid": "valid", "validation": "valid", "val": "valid",
-           "test": "test"}
+__all__ = ["brats_cases", "main"]
 
 
 def brats_cases(root: Path, image: tuple[str, ...] = ("*flair*.nii*",), mask: tuple[str, ...] = ("*seg*.nii*",),
                 split: str = "test", preset: str = "brain_mri") -> list[Case]:
     """One case per folder under ``root`` with exactly one image and at most one mask (cases without masks:
-    no mask, no label). Folders with several matching images are skipped with a warning."""
+    no mask, no label). Folders with several matching images are skipped with a warning.
+    """
     cases = []
     folders = sorted({p.parent for p in root.rglob("*") if p.is_file()})
     for folder in folders:
@@ -39,7 +40,7 @@ def brats_cases(root: Path, image: tuple[str, ...] = ("*flair*.nii*",), mask: tu
             continue
         masks = find(folder, mask)
         rel = folder.relative_to(root).parts
-        part = next((_SPLITS[p.lower()] for p in rel if p.lower() in _SPLITS), split)
+        part = next((SPLITS[p.lower()] for p in rel if p.lower() in SPLITS), split)
         cases.append(Case(folder.name, images[0], masks[0] if masks else None, None, preset, part))
     return cases
 

@@ -30,6 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from aaclip_med.config import load_train_config
 from aaclip_med.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> Path:
     """Train the demo adapters and copy them to the recipe's output path; returns that path."""
-    recipe = tomllib.loads((ROOT / "pipelines" / "train_demo.toml").read_text(encoding="utf-8"))
+    recipe_path = ROOT / "pipelines" / "train_demo.toml"
+    recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+    config = load_train_config(recipe_path, table="train")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / recipe["output"])
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
         manifest = Path(tmp) / "manifest.csv"
         manifest.write_text(f"case_id,image,mask,split\n{recipe['case']},{image.resolve()},{mask.resolve()},train\n",
                             encoding="utf-8")
-        written = train(manifest, Path(tmp) / "run", progress=args.progress, **recipe["train"])
+        written = train(manifest, Path(tmp) / "run", config, progress=args.progress)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written, args.out)
     sys.path.insert(0, str(ROOT / "pipelines"))

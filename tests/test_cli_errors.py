@@ -99,6 +99,10 @@ CASES: dict[str, tuple[Make, str]] = {
     "train stage1 levels": (lambda d: ["train", str(_train_manifest(d)), "--stage1-levels", "x"], "stage1_levels"),
     "train on a volume, not a manifest": (lambda d: ["train", str(_volume(d))], "not a CSV text file"),
     "train device": (lambda d: ["train", str(_train_manifest(d)), "--device", "cuda:7"], "--device cpu"),
+    "train int8": (lambda d: ["train", str(_train_manifest(d)), "--precision", "int8"], "precision='int8'"),
+    "train size": (lambda d: ["train", str(_train_manifest(d)), "--image-size", "4096"], "image_size=4096"),
+    "train config key": (lambda d: ["train", str(_train_manifest(d)), "--config",
+                                    str(_write(d / "t.toml", "text_epoch = 2\n"))], "did you mean 'text_epochs'"),
 }
 
 

@@ -17,9 +17,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from aaclip_med.cohort import Case, discover, read_manifest, run_cohort, shard
+from aaclip_med.cohort import run_cohort, shard
 from aaclip_med.config import ExportConfig, InferenceConfig, RunConfig
+from aaclip_med.discovery import discover
 from aaclip_med.errors import ManifestError, OutputError
+from aaclip_med.manifest import Case, read_manifest
 from tests.conftest import build_series
 
 SIZE = 96  # aaclip-tiny's smallest size whose patch grid (6x6) takes the 9x9 map blur

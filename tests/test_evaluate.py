@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from aaclip_med import create_model
 from aaclip_med.cohort import evaluate
 from aaclip_med.errors import ManifestError
-from aaclip_med.metrics import SLICE_COLUMNS
+from aaclip_med.metrics import SLICE_METRIC_COLUMNS
 from aaclip_med.pipeline import run_study
 from tests.test_pipeline import BrightnessModel, _config
 
@@ -44,7 +44,7 @@ def test_perfect_prediction_scores_one(scored: tuple[Path, Path]) -> None:
     run_dir, mask = scored
     res = evaluate(run_dir, mask)
     assert res.out_dir == run_dir / "evaluation"
-    for name in ("slices.csv", "cases.csv", "summary.csv", "summary.json", "report.html"):
+    for name in ("slice_metrics.csv", "cases.csv", "summary.csv", "summary.json", "report.html"):
         assert (res.out_dir / name).is_file(), name
     (case,) = _rows(res.out_dir / "cases.csv")
     assert float(case["pixel_auroc"]) == pytest.approx(1.0)
@@ -54,8 +54,8 @@ def test_perfect_prediction_scores_one(scored: tuple[Path, Path]) -> None:
     assert list(summary[0])[:7] == head
     assert (summary[0]["map"], summary[0]["region"]) == ("model", "all")  # the peer-paper row comes first
     assert float(summary[0]["image_auroc"]) == pytest.approx(1.0)  # slices 6-9 outscore the others
-    slices = _rows(res.out_dir / "slices.csv")
-    assert tuple(slices[0]) == SLICE_COLUMNS and len(slices) == 16
+    slices = _rows(res.out_dir / "slice_metrics.csv")
+    assert tuple(slices[0]) == SLICE_METRIC_COLUMNS and len(slices) == 16
     assert [int(r["slice"]) for r in slices if r["label"] == "1.0"] == [6, 7, 8, 9]
     assert json.loads((res.out_dir / "summary.json").read_text())["normalisation"] == "none"
 

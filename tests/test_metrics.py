@@ -12,8 +12,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.metrics import (
-    CASE_COLUMNS,
-    SLICE_COLUMNS,
+    CASE_METRIC_COLUMNS,
+    SLICE_METRIC_COLUMNS,
     SUMMARY_COLUMNS,
     PixelAccumulator,
     UndefinedMetricWarning,
@@ -28,7 +28,7 @@ from aaclip_med.metrics import (
     lesion_detection,
     normalise_maps,
     pixel_metrics,
-    slice_rows,
+    slice_metric_rows,
     summary_rows,
 )
 
@@ -292,11 +292,11 @@ def test_normalise_maps_modes() -> None:
 def test_row_builders() -> None:
     maps, masks = blob_set(6, n=4)
     vol, ref = np.moveaxis(maps, 0, -1), np.moveaxis(masks, 0, -1)  # (H, W, slices)
-    rows = slice_rows("c1", vol.max(axis=(0, 1)), heatmap=vol, mask=ref, threshold=1.0, slice_axis=-1)
-    assert len(rows) == 4 and tuple(rows[0]) == SLICE_COLUMNS and rows[0]["label"] == 1.0
+    rows = slice_metric_rows("c1", vol.max(axis=(0, 1)), heatmap=vol, mask=ref, threshold=1.0, slice_axis=-1)
+    assert len(rows) == 4 and tuple(rows[0]) == SLICE_METRIC_COLUMNS and rows[0]["label"] == 1.0
     assert rows[2]["dice"] == pytest.approx(dice_iou(maps[2] > 1.0, masks[2])["dice"])
     row = case_row("c1", score=float(vol.max()), heatmap=vol, mask=ref, threshold=1.0, spacing=(1, 1, 3))
-    assert tuple(row) == CASE_COLUMNS and row["label"] == 1.0 and isinstance(row["reasons"], str)
+    assert tuple(row) == CASE_METRIC_COLUMNS and row["label"] == 1.0 and isinstance(row["reasons"], str)
     assert row["dice"] == pytest.approx(dice_iou(vol > 1.0, ref)["dice"])
     assert row["pixel_auroc"] == pytest.approx(roc_auc_score(ref.ravel(), vol.ravel()), abs=1e-3)
     assert row["volume_ref_mm3"] == pytest.approx(3.0 * ref.sum())

@@ -257,8 +257,8 @@ def test_geometry_error_from_score_volume_on_a_wrong_shape(case) -> None:
 
 
 def test_training_manifest_organ_mask_keeps_organ_slices_only(case, tmp_path: Path) -> None:
+    from aaclip_med.manifest import read_manifest
     from aaclip_med.training.data import load_items
-    from aaclip_med.training.layouts import read_manifest
 
     image, organ_path, _ = case
     manifest = tmp_path / "train.csv"

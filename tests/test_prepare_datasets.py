@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip_med.cohort import read_manifest
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import read_manifest
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 sys.path.insert(0, str(DATASETS))

@@ -28,7 +28,7 @@ import numpy as np
 
 from aaclip_med.errors import AACLIPMedError
 
-__all__ = ["BASELINE_MAPS", "CASE_COLUMNS", "REGIONS", "RegionSet", "region_rows", "verdicts"]
+__all__ = ["BASELINE_MAPS", "CASE_BASELINE_COLUMNS", "REGIONS", "RegionSet", "region_rows", "verdicts"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _CASE_KEYS = {
     ("intensity", "organ"): "baseline_pixel_auroc_organ",
     ("intensity_deviation", "organ"): "deviation_pixel_auroc_organ",
 }
-CASE_COLUMNS = tuple(_CASE_KEYS.values())
+CASE_BASELINE_COLUMNS = tuple(_CASE_KEYS.values())  # the in-region and baseline columns of cases.csv
 _MAP_WORDS = {
     "intensity": "the raw-intensity baseline",
     "intensity_deviation": "the |intensity - organ median| baseline",
@@ -68,7 +68,7 @@ class RegionSet:
         organ: str | None = None,
         label: int | None = None,
     ) -> dict[str, Any]:
-        """Add one case; returns its per-case columns (:data:`CASE_COLUMNS`) or ``{"baseline_reasons": ...}``.
+        """Add one case; returns its cases.csv columns (:data:`CASE_BASELINE_COLUMNS`) or ``baseline_reasons``.
 
         Args:
             case_id: For messages.

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from aaclip_med._files import MARKER
-from aaclip_med.cohort.manifest import Case
 from aaclip_med.cohort.summary import _read_array, _slice_table
 from aaclip_med.errors import AACLIPMedError
+from aaclip_med.manifest import Case
 
 __all__ = ["write_eval_case_page"]
 

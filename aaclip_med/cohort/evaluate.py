@@ -3,7 +3,8 @@
 Predictions are a ``run`` folder (``run.json`` beside ``heatmap.nii.gz``) or a ``batch`` folder (``cases/<id>/``).
 Labels are a mask file (one run), a manifest CSV (``case_id,mask,label``), or a folder of masks named after the
 case ids (``<case_id>.nii.gz``, or a DICOM sub-folder ``<case_id>/``). The sheets are those of a cohort run
-(:mod:`~aaclip_med.cohort.summary`), plus ``slices.csv`` and ``summary.json``, written atomically into one folder.
+(:mod:`~aaclip_med.cohort.summary`), plus ``slice_metrics.csv`` and ``summary.json``, written atomically into one
+folder.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 
 from aaclip_med._files import INPUT_SUFFIXES, MARKER, case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
-from aaclip_med.cohort.manifest import Case, read_manifest
-from aaclip_med.cohort.summary import CohortSheets, assemble, case_columns
+from aaclip_med.cohort.summary import SUMMARY_SHEET_COLUMNS, CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import Case, read_manifest
 from aaclip_med.privacy import Naming
 
 __all__ = ["EvalResult", "evaluate", "find_runs"]
@@ -162,7 +163,7 @@ def evaluate(
             an ``organ_mask`` column uses the organ mask its run was scored with (``organ_mask.nii.gz``).
 
     Returns:
-        The sheets (``slices``, ``cases``, ``summary``) and the written files.
+        The sheets (``slice_metrics``, ``cases``, ``summary``) and the written files.
 
     Raises:
         ManifestError: no predictions, or labels that match no case.
@@ -183,17 +184,18 @@ def evaluate(
     if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
         msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"
         raise ManifestError(msg.replace("evaluation skipped: ", ""))
-    names = {"slices": "slices.csv", "cases": "cases.csv", "summary": "summary.csv", "json": "summary.json"}
+    names = {"slice_metrics": "slice_metrics.csv", "cases": "cases.csv", "summary": "summary.csv",
+             "json": "summary.json"}
     with staged_output(out) as tmp:
-        report.write_sheet(sheets.slices, tmp / names["slices"], columns=list(metrics.SLICE_COLUMNS))
+        report.write_sheet(sheets.slice_metrics, tmp / names["slice_metrics"], metrics.SLICE_METRIC_COLUMNS)
         report.write_sheet(sheets.cases, tmp / names["cases"], columns=case_columns(sheets.cases))
-        report.write_sheet(sheets.summary, tmp / names["summary"])
+        report.write_sheet(sheets.summary, tmp / names["summary"], columns=SUMMARY_SHEET_COLUMNS)
         report.write_json({"normalisation": normalisation, "verdicts": sheets.verdicts, "summary": sheets.summary,
                            "cases": sheets.cases}, tmp / names["json"])  # fmt: skip
         if xlsx:
             names["xlsx"] = "evaluation.xlsx"
-            report.write_xlsx({"summary": sheets.summary, "cases": sheets.cases, "slices": sheets.slices},
-                              tmp / names["xlsx"])  # fmt: skip
+            tables = {"summary": sheets.summary, "cases": sheets.cases, "slice_metrics": sheets.slice_metrics}
+            report.write_xlsx(tables, tmp / names["xlsx"])
         prov = report.provenance({"normalisation": normalisation, "labels_threshold": labels_threshold},
                                  sheets.provenance_model.get("metadata"), [labels],
                                  name_input=Naming().path)  # label paths often hold a patient's name: hashed

@@ -31,15 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from aaclip_med._files import MARKER, check_cohort_folder
 from aaclip_med._typing import PathLike
-from aaclip_med.cohort.manifest import Case, load_cases, shard
-from aaclip_med.cohort.summary import FAILURE_COLUMNS, assemble, case_columns
+from aaclip_med.cohort.summary import FAILURE_COLUMNS, SUMMARY_SHEET_COLUMNS, assemble, case_columns
 from aaclip_med.config import RunConfig
+from aaclip_med.discovery import load_cases
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
+from aaclip_med.manifest import Case
 
 if TYPE_CHECKING:
     from aaclip_med.model.aaclip import AACLIP
 
-__all__ = ["CaseOutcome", "CohortResult", "cached_model", "run_case", "run_cohort"]
+__all__ = ["CaseOutcome", "CohortResult", "cached_model", "run_case", "run_cohort", "shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,23 @@ def _execute(todo: Sequence[Case], cases_dir: Path, cfg: RunConfig, *, workers: 
     return outcomes
 
 
+def shard(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[Case]:
+    """The cases of one part (nnU-Net ``--num-parts/--part-id``): sorted by id, case i goes to part i % N.
+
+    Raises:
+        ManifestError: ``num_parts < 1`` or ``part_id`` outside ``[0, num_parts)``.
+
+    Example:
+        >>> [c.case_id for c in shard([Case(i, Path(i)) for i in "cba"], 2, 0)]
+        ['a', 'c']
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        msg = f"num_parts={num_parts}, part_id={part_id} is invalid; use num_parts >= 1, 0 <= part_id < num_parts."
+        raise ManifestError(msg)
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    return [c for i, c in enumerate(ordered) if i % num_parts == part_id]
+
+
 def run_cohort(
     source: PathLike,
     out_dir: PathLike,
@@ -250,7 +268,7 @@ def run_cohort(
 
     Args:
         source: A manifest CSV (``case_id,image,mask,label,preset,split``), a data folder (discovery rules:
-            :mod:`aaclip_med.cohort.manifest`) or a single study.
+            :mod:`aaclip_med.discovery`) or a single study.
         out_dir: Output folder: ``cases/<case_id>/`` per case plus ``cases.csv``, ``summary.csv``,
             ``failures.csv``, ``report.html`` and ``run.json``.
         config: Run settings; a case's manifest ``preset`` overrides ``config.preset``.
@@ -315,11 +333,12 @@ def run_cohort(
                           n_skipped=len(finished), files=files)
     if tag:
         return result
-    files["summary"] = report.write_sheet(sheets.summary, out / "summary.csv")
-    if sheets.slices:
-        from aaclip_med.metrics import SLICE_COLUMNS
+    files["summary"] = report.write_sheet(sheets.summary, out / "summary.csv", columns=SUMMARY_SHEET_COLUMNS)
+    if sheets.slice_metrics:
+        from aaclip_med.metrics import SLICE_METRIC_COLUMNS
 
-        files["slices"] = report.write_sheet(sheets.slices, out / "slices.csv", columns=list(SLICE_COLUMNS))
+        files["slice_metrics"] = report.write_sheet(sheets.slice_metrics, out / "slice_metrics.csv",
+                                                    columns=SLICE_METRIC_COLUMNS)
     metadata = sheets.provenance_model.get("metadata") or (model.metadata() if model is not None else {})
     prov = report.provenance(
         cfg, metadata, [source] if Path(source).is_file() else [], {"total_s": time.perf_counter() - t_start},

@@ -1,4 +1,9 @@
-"""Cohort sheets from finished case folders: ``cases.csv``, ``summary.csv``, ``failures.csv``, ``report.html``.
+"""The cohort sheets (``cases``, ``summary``, ``failures``, ``slice_metrics`` CSVs) from finished case folders.
+
+Each CSV has one schema, named after the file: :data:`CASE_SHEET_COLUMNS` (``cases.csv``),
+:data:`SUMMARY_SHEET_COLUMNS` (``summary.csv``), :data:`FAILURE_COLUMNS` (``failures.csv``) and
+:data:`~aaclip_med.metrics.SLICE_METRIC_COLUMNS` (``slice_metrics.csv``); :func:`assemble` builds their rows for
+``batch`` and ``eval`` alike.
 
 Everything is read back from ``cases/<case_id>/`` (``run.json``, ``slices.csv``, ``heatmap.nii.gz``,
 ``mask.nii.gz``), so the sheets are the same however the cases were computed (in-process, on N workers, in
@@ -19,20 +24,36 @@ from typing import Any, cast
 import numpy as np
 
 from aaclip_med._files import MARKER
-from aaclip_med.cohort.baselines import CASE_COLUMNS as BASELINE_COLUMNS
-from aaclip_med.cohort.baselines import RegionSet, region_rows, verdicts
-from aaclip_med.cohort.manifest import Case
+from aaclip_med.cohort.baselines import CASE_BASELINE_COLUMNS, RegionSet, region_rows, verdicts
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
+from aaclip_med.manifest import Case
+from aaclip_med.metrics.rows import CASE_METRIC_COLUMNS, SUMMARY_COLUMNS
 from aaclip_med.organ import GRID_TOL_MM
 from aaclip_med.volume import Volume
 
-__all__ = ["CASE_SHEET_COLUMNS", "FAILURE_COLUMNS", "CohortSheets", "assemble", "case_columns", "case_record"]
+__all__ = [
+    "CASE_SHEET_COLUMNS",
+    "FAILURE_COLUMNS",
+    "SUMMARY_SHEET_COLUMNS",
+    "CohortSheets",
+    "assemble",
+    "case_columns",
+    "case_record",
+]
 
 logger = logging.getLogger(__name__)
 
+_CASE_HEAD = ("case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds")
+# Columns of cases.csv (batch and eval folders), one row per case: the run's columns (_CASE_HEAD, always written),
+# then the evaluation's (cases with a mask) in this order; case_columns() leaves out those no row has.
 CASE_SHEET_COLUMNS = (
-    "case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds",
+    *_CASE_HEAD,
+    *(c for c in (*CASE_METRIC_COLUMNS, *CASE_BASELINE_COLUMNS, "baseline_reasons") if c not in _CASE_HEAD),
 )
+# Columns of summary.csv (batch and eval folders): one row per preset x map x region (baselines.region_rows), the
+# peer-paper summary_rows() columns after the group.
+SUMMARY_SHEET_COLUMNS = ("preset", "map", "region", *SUMMARY_COLUMNS[1:])
+# Columns of failures.csv (batch folders), one row per failed or missing case.
 FAILURE_COLUMNS = ("case_id", "image", "error", "message")
 
 
@@ -42,7 +63,7 @@ class CohortSheets:
     """The rows of the cohort sheets, as written."""
 
     cases: list[dict[str, Any]] = field(default_factory=list)
-    slices: list[dict[str, Any]] = field(default_factory=list)  # per-slice evaluation rows (cases with masks)
+    slice_metrics: list[dict[str, Any]] = field(default_factory=list)  # slice_metrics.csv (cases with masks)
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     provenance_model: dict[str, Any] = field(default_factory=dict)
@@ -203,7 +224,7 @@ def _metrics(
     preset = str(qa.get("preset") or record.get("config", {}).get("preset"))
     row.update(group.regions.update(case.case_id, heatmap, ref, case.image, preset, axis,
                                     **organ_src))  # fmt: skip
-    slices.extend(metrics.slice_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
+    slices.extend(metrics.slice_metric_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
     group.image_labels.append(np.asarray(ref.any(axis=other), dtype=np.float64))
@@ -297,8 +318,8 @@ def assemble(
         try:
             group = groups.setdefault(preset, _Group())
             organ_src = _organ_source(case, cases_dir / case.case_id, organ, organ_label)
-            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slices, organ_src,
-                                labels_threshold))
+            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slice_metrics,
+                                organ_src, labels_threshold))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case.case_id, row["reasons"])
@@ -312,9 +333,5 @@ def assemble(
 
 
 def case_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """``cases.csv`` columns: the fixed ones, then metric columns present in any row."""
-    from aaclip_med.metrics import CASE_COLUMNS
-
-    known = (*CASE_COLUMNS, *BASELINE_COLUMNS, "baseline_reasons")
-    extra = [c for c in known if c not in CASE_SHEET_COLUMNS and any(c in r for r in rows)]
-    return [*CASE_SHEET_COLUMNS, *extra]
+    """The columns of one ``cases.csv``: :data:`CASE_SHEET_COLUMNS` less the evaluation columns no row has."""
+    return [c for c in CASE_SHEET_COLUMNS if c in _CASE_HEAD or any(c in r for r in rows)]

@@ -73,7 +73,7 @@ def _raw_pixdim(path: Path) -> Array | None:
     """pixdim[1:4] as stored in a NIfTI header (before nibabel's fix-ups), or None when unreadable."""
     try:
         with nib.openers.ImageOpener(str(path)) as fh:
-            header = nib.Nifti1Header.from_fileobj(fh, check=False)  # type: ignore[no-untyped-call]
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
         return np.asarray(header["pixdim"][1:4], dtype=np.float64)
     except Exception:  # noqa: BLE001 - NIfTI-2 or odd files: fall back to the loaded affine
         return None
@@ -171,17 +171,17 @@ def read_sitk(path: Path, volume_index: int | None) -> tuple[Array, Affine, list
     except RuntimeError as err:
         msg = f"'{path}' could not be read by SimpleITK ({str(err).strip().splitlines()[-1]}); check the file."
         raise UnsupportedFormatError(msg) from err
-    components = img.GetNumberOfComponentsPerPixel()  # type: ignore[no-untyped-call]  # SimpleITK ships no annotations
+    components = img.GetNumberOfComponentsPerPixel()  # SimpleITK ships no annotations
     if components != 1:
         msg = f"'{path}' has {components} components per voxel; pass a scalar image."
         raise UnsupportedFormatError(msg)
-    dim = img.GetDimension()  # type: ignore[no-untyped-call]
+    dim = img.GetDimension()
     data = sitk.GetArrayFromImage(img).transpose(tuple(range(dim))[::-1])  # (z,y,x) -> (x,y,z) like nibabel
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)  # type: ignore[no-untyped-call]
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
     lps = np.eye(4)
     n = min(dim, 3)
-    lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])  # type: ignore[no-untyped-call]
-    lps[:n, 3] = img.GetOrigin()[:n]  # type: ignore[no-untyped-call]
+    lps[:n, :n] = direction[:n, :n] * np.asarray(img.GetSpacing()[:n])
+    lps[:n, 3] = img.GetOrigin()[:n]
     return _select_volume(data, path, volume_index), LPS_TO_RAS @ lps, []
 
 
@@ -224,12 +224,12 @@ def write_nifti(array: Array, path: PathLike, like: Volume, *, compact: bool = F
     slope = float(np.abs(arr).max()) / 32767.0 if compact and arr.dtype != np.uint8 else 0.0
     if slope > 0:
         arr = np.clip(np.round(arr / np.float32(slope)), -32767, 32767).astype(np.int16)
-    img = nib.Nifti1Image(arr, like.affine)  # type: ignore[no-untyped-call]  # nibabel ships no annotations
+    img = nib.Nifti1Image(arr, like.affine)  # nibabel ships no annotations
     if slope > 0:
-        img.header.set_slope_inter(slope, 0.0)  # type: ignore[no-untyped-call]
-    img.set_qform(like.affine, code=1)  # type: ignore[no-untyped-call]
-    img.set_sform(like.affine, code=1)  # type: ignore[no-untyped-call]
-    img.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
+        img.header.set_slope_inter(slope, 0.0)
+    img.set_qform(like.affine, code=1)
+    img.set_sform(like.affine, code=1)
+    img.header.set_xyzt_units("mm")
     try:
         with atomic_path(path) as tmp:
             nib.save(img, tmp)

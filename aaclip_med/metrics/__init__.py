@@ -5,8 +5,8 @@
 - Pixel level (:mod:`~aaclip_med.metrics.pixel`): :class:`PixelAccumulator` (memory-bounded histograms or exact),
   :func:`pixel_metrics` (one case), :func:`aupro` (MVTec AD protocol, FPR <= 0.3, normalised).
 - Masks (:mod:`~aaclip_med.metrics.segmentation`): :func:`dice_iou`, :func:`lesion_detection`.
-- Sheets (:mod:`~aaclip_med.metrics.rows`): :func:`normalise_maps`, :func:`evaluate_set`, :func:`slice_rows`,
-  :func:`case_row`, :func:`summary_rows` and their column tuples.
+- Sheets (:mod:`~aaclip_med.metrics.rows`): :func:`normalise_maps`, :func:`evaluate_set`,
+  :func:`slice_metric_rows`, :func:`case_row`, :func:`summary_rows` and their column tuples.
 
 Undefined values (one class only, empty masks, constant scores) are NaN, never an exception; the reason goes to
 the ``reasons`` list the caller passes, or else to an :class:`UndefinedMetricWarning`.
@@ -30,20 +30,20 @@ from aaclip_med.metrics.ranking import (
     weighted_aupro,
 )
 from aaclip_med.metrics.rows import (
-    CASE_COLUMNS,
-    SLICE_COLUMNS,
+    CASE_METRIC_COLUMNS,
+    SLICE_METRIC_COLUMNS,
     SUMMARY_COLUMNS,
     case_row,
     evaluate_set,
     normalise_maps,
-    slice_rows,
+    slice_metric_rows,
     summary_rows,
 )
 from aaclip_med.metrics.segmentation import dice_iou, lesion_detection, overlap_scores
 
 __all__ = [
-    "CASE_COLUMNS",
-    "SLICE_COLUMNS",
+    "CASE_METRIC_COLUMNS",
+    "SLICE_METRIC_COLUMNS",
     "SUMMARY_COLUMNS",
     "PixelAccumulator",
     "UndefinedMetricWarning",
@@ -61,7 +61,7 @@ __all__ = [
     "overlap_scores",
     "pixel_metrics",
     "region_weights",
-    "slice_rows",
+    "slice_metric_rows",
     "summary_rows",
     "weighted_aupro",
 ]

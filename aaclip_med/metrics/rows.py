@@ -1,19 +1,23 @@
-"""Map normalisation, set evaluation and the row builders of ``slices.csv``, ``cases.csv`` and ``summary.csv``.
+"""Map normalisation, set evaluation and the evaluation rows (``slice_metrics.csv``, parts of cases/summary.csv).
 
 Columns (values are floats in [0, 1], never x100; NaN where undefined, the reason in ``reasons``):
 
-- :data:`SLICE_COLUMNS`: ``case_id, slice, score, label, scored, n_ref, n_pred, dice, iou`` (Dice/IoU per slice
-  at the model's threshold; NaN when reference and prediction are both empty; no warnings per slice).
-- :data:`CASE_COLUMNS`: ``case_id, label, score, threshold``, per-case pixel metrics (``pixel_auroc, pixel_ap,
-  pixel_f1_max, pixel_aupro``), ``dice, iou`` at the model's threshold and ``dice_oracle, iou_oracle,
-  threshold_oracle`` at the case's F1-optimal threshold, ``tp, fp, fn, n_ref, n_pred``, lesion detection
-  (``lesions_ref, lesions_detected, lesions_missed, lesion_sensitivity, components_pred, components_fp,
-  volume_ref_mm3, volume_pred_mm3``), ``reasons``.
-- :data:`SUMMARY_COLUMNS`: the group name, then the peer-paper order ``pixel_auroc, pixel_ap, image_auroc,
-  image_ap, pixel_f1_max, pixel_aupro, image_f1_max, dice``, then ``iou, dice_oracle, iou_oracle,
-  threshold_oracle, volume_auroc, volume_ap, volume_f1_max, lesion_sensitivity, dice_case_mean, n_cases,
-  n_images, normalisation, reasons``. :func:`summary_rows` appends an ``Average`` row: the mean over groups of
-  each defined metric (as AA-CLIP averages classes), counts summed.
+- :data:`SLICE_METRIC_COLUMNS`, the schema of ``slice_metrics.csv`` (``eval`` and ``batch`` folders; a run
+  folder's ``slices.csv`` is :data:`aaclip_med.report.SLICE_COLUMNS`): ``case_id, slice, score, label, scored,
+  n_ref, n_pred, dice, iou`` (Dice/IoU per slice at the model's threshold; NaN when reference and prediction are
+  both empty; no warnings per slice).
+- :data:`CASE_METRIC_COLUMNS`, the metric columns of ``cases.csv`` (its schema:
+  :data:`aaclip_med.cohort.summary.CASE_SHEET_COLUMNS`): ``case_id, label, score, threshold``, per-case pixel
+  metrics (``pixel_auroc, pixel_ap, pixel_f1_max, pixel_aupro``), ``dice, iou`` at the model's threshold and
+  ``dice_oracle, iou_oracle, threshold_oracle`` at the case's F1-optimal threshold, ``tp, fp, fn, n_ref, n_pred``,
+  lesion detection (``lesions_ref, lesions_detected, lesions_missed, lesion_sensitivity, components_pred,
+  components_fp, volume_ref_mm3, volume_pred_mm3``), ``reasons``.
+- :data:`SUMMARY_COLUMNS`, the rows of :func:`summary_rows` (the model rows of ``summary.csv``, whose schema is
+  :data:`aaclip_med.cohort.summary.SUMMARY_SHEET_COLUMNS`): the group name, then the peer-paper order
+  ``pixel_auroc, pixel_ap, image_auroc, image_ap, pixel_f1_max, pixel_aupro, image_f1_max, dice``, then ``iou,
+  dice_oracle, iou_oracle, threshold_oracle, volume_auroc, volume_ap, volume_f1_max, lesion_sensitivity,
+  dice_case_mean, n_cases, n_images, normalisation, reasons``. :func:`summary_rows` appends an ``Average`` row:
+  the mean over groups of each defined metric (as AA-CLIP averages classes), counts summed.
 
 Normalisation (``normalisation`` field): ``none`` keeps raw map units; ``set`` min-max normalises all maps of the
 evaluated set together, as the reference code (skipped when the maximum is already 1, as there); ``volume``
@@ -37,14 +41,14 @@ from aaclip_med.metrics.ranking import image_metrics
 from aaclip_med.metrics.segmentation import dice_iou, lesion_detection
 
 __all__ = [
-    "CASE_COLUMNS",
-    "SLICE_COLUMNS",
+    "CASE_METRIC_COLUMNS",
+    "SLICE_METRIC_COLUMNS",
     "SUMMARY_COLUMNS",
     "case_row",
     "evaluate_set",
     "minmax",
     "normalise_maps",
-    "slice_rows",
+    "slice_metric_rows",
     "summary_rows",
 ]
 
@@ -52,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 Normalisation = Literal["none", "set", "volume"]
 
-SLICE_COLUMNS = ("case_id", "slice", "score", "label", "scored", "n_ref", "n_pred", "dice", "iou")
+SLICE_METRIC_COLUMNS = ("case_id", "slice", "score", "label", "scored", "n_ref", "n_pred", "dice", "iou")
 _PIXEL = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 _OVERLAP = ("dice", "iou", "dice_oracle", "iou_oracle", "threshold_oracle", "tp", "fp", "fn")
 _LESION = (
@@ -65,7 +69,7 @@ _LESION = (
     "volume_ref_mm3",
     "volume_pred_mm3",
 )
-CASE_COLUMNS = (
+CASE_METRIC_COLUMNS = (
     "case_id",
     "label",
     "score",
@@ -208,7 +212,7 @@ def evaluate_set(
     return out
 
 
-def slice_rows(
+def slice_metric_rows(
     case_id: str,
     slice_scores: npt.ArrayLike,
     *,
@@ -219,7 +223,7 @@ def slice_rows(
     threshold: float | None = None,
     slice_axis: int = -1,
 ) -> list[dict[str, Any]]:
-    """One row per slice (:data:`SLICE_COLUMNS`).
+    """The rows of ``slice_metrics.csv``, one per slice (:data:`SLICE_METRIC_COLUMNS`).
 
     Args:
         case_id: The case's identifier.
@@ -279,7 +283,7 @@ def case_row(
     min_iou: float = 0.0,
     reasons: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One row per case (:data:`CASE_COLUMNS`): per-volume pixel, overlap and lesion metrics.
+    """One case's metric columns of ``cases.csv`` (:data:`CASE_METRIC_COLUMNS`): pixel, overlap and lesion metrics.
 
     Args:
         case_id: The case's identifier.
@@ -300,7 +304,7 @@ def case_row(
     Returns:
         The row; ``reasons`` joined with ``"; "``.
     """
-    row: dict[str, Any] = dict.fromkeys(CASE_COLUMNS, NAN)
+    row: dict[str, Any] = dict.fromkeys(CASE_METRIC_COLUMNS, NAN)
     own: list[str] = []
     row.update(
         case_id=case_id,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aaclip_med.config import VV_AXES
 from aaclip_med.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def check_vv_axis(vv_axis: str) -> VVAxis:
     Raises:
         ConfigError: ``vv_axis`` is neither "tokens" nor "batch".
     """
-    if vv_axis not in ("tokens", "batch"):
+    if vv_axis not in VV_AXES:
         msg = f"vv_axis={vv_axis!r} is not valid; use 'tokens' (intended) or 'batch' (reference parity)."
         raise ConfigError(msg)
     return vv_axis  # type: ignore[return-value]

@@ -1,6 +1,6 @@
 """Build a normal-reference memory from a site's normal studies (``aaclip-med reference build``).
 
-Sources: normal volumes, a folder of them (:func:`~aaclip_med.cohort.manifest.discover`), or a manifest (rows with
+Sources: normal volumes, a folder of them (:func:`~aaclip_med.discovery.discover`), or a manifest (rows with
 label 0, and rows with a mask; rows labelled 1 without a mask are skipped). Of a source with a mask, ``mask_rule``
 keeps the slices without mask voxels (``slices``, default) or every slice's patches more than one patch away from
 the mask (``patches``: more normal anatomy when lesions span the middle slices, as in BRATS). Each volume goes
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from aaclip_med._typing import PathLike
 from aaclip_med._version import __version__
-from aaclip_med.cohort.manifest import load_cases
 from aaclip_med.config import ModalityPreset, get_preset
+from aaclip_med.discovery import load_cases
 from aaclip_med.errors import ConfigError, ManifestError
 from aaclip_med.intensity import foreground_mask, volume_window
 from aaclip_med.model.aaclip import AACLIP

@@ -27,7 +27,9 @@ __all__ = ["SLICE_COLUMNS", "slice_rows", "to_jsonable", "write_json", "write_sh
 
 logger = logging.getLogger(__name__)
 
-# Columns of slices.csv, one row per slice along the slice axis.
+# Columns of a run folder's slices.csv (`run`, and `batch`'s cases/<case_id>/), one row per slice along the slice
+# axis, built by slice_rows. The per-slice evaluation sheet of `eval` and `batch` is another file,
+# slice_metrics.csv (aaclip_med.metrics.SLICE_METRIC_COLUMNS).
 SLICE_COLUMNS: tuple[str, ...] = (
     "case_id",  # the case (manifest case_id, or the input's name for `run`)
     "slice",  # index along the slice axis, 0-based, in the volume's stored order
@@ -51,7 +53,7 @@ def slice_rows(
     mask: Array | None = None,
     slice_axis: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the rows of ``slices.csv`` (columns :data:`SLICE_COLUMNS`).
+    """Build the rows of a run folder's ``slices.csv`` (columns :data:`SLICE_COLUMNS`).
 
     Args:
         case_id: The case identifier.

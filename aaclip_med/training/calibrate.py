@@ -20,16 +20,17 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
-from aaclip_med.errors import ConfigError
+from aaclip_med.config import parse_threshold_rule
 from aaclip_med.metrics.ranking import auroc, f1_max
 
-__all__ = ["MAX_PIXELS", "ValidationScores", "choose_threshold", "collect_validation", "parse_threshold_rule"]
+__all__ = ["MAX_PIXELS", "ValidationScores", "choose_threshold", "collect_validation"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +64,13 @@ class ValidationScores:
         }
 
 
-def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
-    """Parse ``f1``, ``youden`` or ``fpr:X`` into ``(kind, target)``.
-
-    Raises:
-        ConfigError: any other value, or an FPR outside (0, 1).
-    """
-    text = rule.strip().lower()
-    if text in ("f1", "youden"):
-        return text, None
-    if text.startswith("fpr:"):
-        try:
-            target = float(text[4:])
-        except ValueError:
-            target = math.nan
-        if 0.0 < target < 1.0:
-            return "fpr", target
-    msg = f"Threshold rule '{rule}' is not known; use f1, youden or fpr:X with 0 < X < 1 (e.g. fpr:0.05)."
-    raise ConfigError(msg)
-
-
 @torch.no_grad()
 def collect_validation(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, seed: int = 0, progress: bool = False
+    model: torch.nn.Module,
+    loader: DataLoader[dict[str, Any]],
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = False,
 ) -> ValidationScores:
     """Score every validation sample with the model's inference maps and sample pixels for the metrics.
 

@@ -47,7 +47,7 @@ class SliceItem:
         case_id: The case it comes from.
         preset: Modality preset name (selects prompts, anchors and the window).
         label: 1 when the mask has an anomalous pixel (or the manifest says so for a mask-less normal image).
-        split: ``train``, ``val`` or ``test`` (None when the manifest leaves it empty).
+        split: ``train``, ``val`` or ``test``; None (the manifest leaves it empty) counts as ``train``.
         path: The 2D image file (None for a volume slice).
         mask_path: The 2D mask file, or None.
         slice_index: Index along the volume's slice axis (-1 for 2D pictures).
@@ -71,9 +71,11 @@ class SliceItem:
 
 def _check_exists(record: Case) -> None:
     if not record.image.exists():
-        raise ManifestError(f"{record.where}: image '{record.image}' does not exist; fix the path or drop it.")
+        msg = f"{record.where}: image '{record.image}' does not exist; fix the path or drop it."
+        raise ManifestError(msg)
     if record.mask is not None and not record.mask.exists():
-        raise ManifestError(f"{record.where}: mask '{record.mask}' does not exist; fix the path or drop the row.")
+        msg = f"{record.where}: mask '{record.mask}' does not exist; fix the path or drop the row."
+        raise ManifestError(msg)
 
 
 def _label_from_mask(record: Case, has_anomaly: bool) -> int:
@@ -99,7 +101,8 @@ def _items_2d(record: Case, preset: str) -> list[SliceItem]:
                     raise ManifestError(msg)
                 mask_any = bool(np.any(np.asarray(msk) != 0))
     except OSError as err:
-        raise ManifestError(f"{record.where}: cannot read '{record.image}' or its mask ({err}); fix it.") from err
+        msg_0 = f"{record.where}: cannot read '{record.image}' or its mask ({err}); fix it."
+        raise ManifestError(msg_0) from err
     if record.mask is None:
         if record.label == 1:
             msg = (
@@ -120,7 +123,8 @@ def _items_3d(record: Case, preset: str | None) -> list[SliceItem]:
         mask_volume = read_volume(record.mask) if record.mask is not None else None
         organ = read_organ_mask(record.organ_mask, volume).mask if record.organ_mask is not None else None
     except AACLIPMedError as err:
-        raise ManifestError(f"{record.where}: {err}") from err
+        msg = f"{record.where}: {err}"
+        raise ManifestError(msg) from err
     if mask_volume is not None and mask_volume.shape != volume.shape:
         msg = (
             f"{record.where}: mask '{record.mask}' has grid {mask_volume.shape} but image '{record.image}' has "
@@ -158,7 +162,8 @@ def load_items(records: list[Case], default_preset: str | None) -> list[SliceIte
     """Validate the records and expand them into 2D samples (volumes are read and sliced here).
 
     Args:
-        records: From :func:`~aaclip_med.training.layouts.read_manifest` or ``discover_folder``.
+        records: From :func:`~aaclip_med.manifest.read_manifest` or
+            :func:`~aaclip_med.training.layouts.discover_folder`.
         default_preset: Preset for records without one; None lets volumes follow their modality ("reference"
             for 2D pictures).
 
@@ -177,7 +182,8 @@ def load_items(records: list[Case], default_preset: str | None) -> list[SliceIte
             try:
                 get_preset(preset)
             except AACLIPMedError as err:
-                raise ManifestError(f"{record.where}: {err}") from err
+                msg = f"{record.where}: {err}"
+                raise ManifestError(msg) from err
         if is_2d_image(record.image):
             items += _items_2d(record, preset or "reference")
         else:
@@ -202,7 +208,7 @@ def build_datasets(
         ManifestError: see :func:`load_items`; also an empty training split or one without anomalies.
     """
     items = load_items(records, default_preset)
-    train = [it for it in items if it.split == "train"]
+    train = [it for it in items if it.split in ("train", None)]
     val = [it for it in items if it.split == "val"]
     if not train:
         msg = (

@@ -1,9 +1,8 @@
-"""Training inputs as case records: the manifest CSV (DESIGN section 0) and the folder layouts it can replace.
+"""Training inputs from a data folder: the folder layouts a manifest CSV (:mod:`aaclip_med.manifest`) can replace.
 
-Manifest columns: ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; all but case_id
-and image are optional; relative paths are taken from the manifest's folder). ``split`` is ``train``, ``val``
-(``valid`` and ``validation`` accepted) or ``test``; test rows are never used for training or selection. Without a
-split column every row is training data.
+Splits are named by the manifest's one table (:data:`aaclip_med.manifest.SPLITS`): a ``valid`` folder holds ``val``
+cases, as a manifest row with split ``valid`` does. Test cases are never used for training or selection; cases
+without a split (manifest rows, the layouts without split folders) are training data.
 
 Folder layouts (:func:`discover_folder`):
 
@@ -15,7 +14,7 @@ Folder layouts (:func:`discover_folder`):
   DICOM series folders matched by name (nnU-Net's ``_0000`` channel suffix is dropped), optionally inside
   ``train/``, ``valid/`` and ``test/`` folders.
 - Any other folder ``aaclip-med batch`` reads (BraTS-like ``<case>/<case>_flair.nii.gz`` + ``<case>_seg.nii.gz``,
-  see :mod:`aaclip_med.cohort.manifest`), when every volume found there has its mask paired.
+  see :mod:`aaclip_med.discovery`), when every volume found there has its mask paired.
 """
 
 from __future__ import annotations
@@ -24,39 +23,21 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from aaclip_med import manifest
 from aaclip_med._files import INPUT_SUFFIXES
-from aaclip_med.errors import ManifestError, did_you_mean
-from aaclip_med.manifest import Case
+from aaclip_med.discovery import discover
+from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import SPLITS, Case
 
-__all__ = ["IMAGE_SUFFIXES", "discover_folder", "is_2d_image", "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "discover_folder", "is_2d_image"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 def is_2d_image(path: Path) -> bool:
     """Whether ``path`` is a 2D picture (PNG/JPEG/BMP/TIFF) rather than a volume."""
     return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _split(value: str, where: str) -> str:
-    key = value.strip().lower() or "train"
-    if key not in SPLITS:
-        msg = f"{where}: split '{value}' is not known; {did_you_mean(key, SPLITS)}use train, val or test."
-        raise ManifestError(msg)
-    return SPLITS[key]
-
-
-def read_manifest(path: str | Path) -> list[Case]:
-    """Read a training manifest (:func:`aaclip_med.manifest.read_manifest`) with its splits normalised.
-
-    Raises:
-        ManifestError: see :func:`aaclip_med.manifest.read_manifest`; also an unknown split.
-    """
-    return [dataclasses.replace(c, split=_split(c.split or "", c.where)) for c in manifest.read_manifest(path)]
 
 
 def _files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
@@ -80,7 +61,8 @@ def _find_mask(folders: list[Path], stem: str, where: str) -> Path:
             if _stem(candidate) in (stem, f"{stem}_mask"):
                 return candidate
     names = " or ".join(str(f) for f in folders)
-    raise ManifestError(f"{where}: no mask named '{stem}' in {names}; add the mask or remove the image.")
+    msg = f"{where}: no mask named '{stem}' in {names}; add the mask or remove the image."
+    raise ManifestError(msg)
 
 
 def _bmad(root: Path) -> list[Case]:
@@ -147,7 +129,8 @@ def discover_folder(root: str | Path) -> list[Case]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ManifestError(f"Training data '{root}' is neither a manifest CSV nor a folder; check the path.")
+        msg = f"Training data '{root}' is neither a manifest CSV nor a folder; check the path."
+        raise ManifestError(msg)
     if any((root / s / state).is_dir() for s in ("train", "valid", "val", "test") for state in ("good", "Ungood")):
         return _bmad(root)
     volumes = _volumes(root, "train")
@@ -167,8 +150,6 @@ def discover_folder(root: str | Path) -> list[Case]:
 
 def _batch_layout(root: Path) -> list[Case]:
     """The volumes ``batch`` finds in ``root``, as training cases; every one needs its mask."""
-    from aaclip_med.cohort.manifest import discover
-
     advice = "write a manifest CSV (case_id,image,mask,label,preset,split) instead"
     try:
         cases = discover(root)

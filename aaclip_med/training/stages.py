@@ -33,9 +33,16 @@ from aaclip_med.training.calibrate import collect_validation
 from aaclip_med.training.data import SliceDataset
 from aaclip_med.training.losses import ORTH_WEIGHT, detection_loss, orthogonality_loss, seg_loss
 
-__all__ = ["StageConfig", "StageResult", "run_stage"]
+__all__ = ["TRAIN_LOG_COLUMNS", "StageConfig", "StageResult", "run_stage"]
 
 logger = logging.getLogger(__name__)
+
+# Columns of a training run's train_log.csv, one row per epoch of either stage, built by run_stage: the loss parts
+# (seg; orth in stage 1; cls in stage 2, and in stage 1 with stage1_cls_loss) are epoch means; val_* only in
+# stage 2 with a validation split; an empty cell where a stage has no such value.
+TRAIN_LOG_COLUMNS = (
+    "stage", "epoch", "lr", "loss", "seg", "orth", "cls", "val_pixel_auroc", "val_image_auroc", "seconds",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ class StageResult:
     best_epoch: int | None  # 1-based
 
 
-def _autocast(model: AACLIP) -> Any:
+def _autocast(model: AACLIP) -> torch.autocast:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.precision)
     if dtype is None:
         return torch.autocast(model.device.type, enabled=False)
@@ -231,7 +238,7 @@ def run_stage(
             parts = loss_fn(model, batch, cfg)
             loss = sum(parts.values(), torch.zeros(()))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # torch leaves Tensor.backward unannotated
             optimizer.step()
             scheduler.step()
             n_batches += 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aaclip_med.config import parse_threshold_rule
 from aaclip_med.errors import ConfigError
-from aaclip_med.training.calibrate import ValidationScores, choose_threshold, parse_threshold_rule
+from aaclip_med.training.calibrate import ValidationScores, choose_threshold
 
 
 def _scores() -> ValidationScores:

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from aaclip_med.errors import ManifestError
+from aaclip_med.manifest import read_manifest
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.data import SliceDataset, build_datasets
-from aaclip_med.training.layouts import discover_folder, read_manifest
+from aaclip_med.training.layouts import discover_folder
 from tests.training.conftest import SIZE, write_pair, write_volume
 
 
@@ -39,7 +40,7 @@ def test_manifest_reads_splits_and_samples(manifest_2d: Path) -> None:
         ("case_id,image,extra\na,x.png,1\n", "unknown column 'extra'"),
         ("case_id,image,mask\na,missing.png,\n", "does not exist"),
         ("case_id,image,label\na,IMG,2\n", "is not 0 or 1"),
-        ("case_id,image,split\na,IMG,training\n", "split 'training'"),
+        ("case_id,image,split\na,IMG,holdout\n", "split 'holdout'"),
         ("case_id,image,split\na,IMG,val\n", "No training samples"),
         ("case_id,image,label\na,IMG,0\n", "no anomalous sample"),
         ("case_id,image,label\na,IMG,1\n", "label 1 but no mask"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aaclip_med.config import TrainConfig
 from aaclip_med.errors import ConfigError, OutputError
+from aaclip_med.manifest import read_manifest
 from aaclip_med.model.factory import create_model
 from aaclip_med.training import train
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.data import SliceDataset, build_datasets
-from aaclip_med.training.layouts import read_manifest
-from aaclip_med.training.stages import StageConfig, run_stage, stage1_loss, stage2_loss
+from aaclip_med.training.stages import TRAIN_LOG_COLUMNS, StageConfig, run_stage, stage1_loss, stage2_loss
 from tests.training.conftest import SIZE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -63,10 +65,14 @@ def test_only_adapters_change(manifest_2d: Path, tmp_path: Path) -> None:
     assert any(k.startswith("image_adapter.") for k in changed)
 
 
+TINY = TrainConfig(model="aaclip-tiny", backbone_weights="random", image_size=SIZE, text_epochs=1, image_epochs=1,
+                   precision="fp32")
+
+
 def _train(manifest: Path, out: Path, image_epochs: int, resume: bool = False) -> Path:
-    return train(manifest, out, model="aaclip-tiny", backbone_weights="random", image_size=SIZE, text_epochs=1,
-                 image_epochs=image_epochs, text_batch_size=4, image_batch_size=3, precision="fp32",
-                 progress=False, resume=resume, seed=5)
+    cfg = TrainConfig(model="aaclip-tiny", backbone_weights="random", image_size=SIZE, text_epochs=1,
+                      image_epochs=image_epochs, text_batch_size=4, image_batch_size=3, precision="fp32", seed=5)
+    return train(manifest, out, cfg, progress=False, resume=resume)
 
 
 def test_resume_equals_uninterrupted_run(manifest_2d: Path, tmp_path: Path) -> None:
@@ -87,18 +93,20 @@ def test_resume_equals_uninterrupted_run(manifest_2d: Path, tmp_path: Path) -> N
 def test_train_writes_checkpoint_with_threshold(manifest_2d: Path, tmp_path: Path) -> None:
     from aaclip_med.model.weights import read_adapters
 
-    with pytest.raises(ConfigError, match="int8.*inference only"):
-        train(manifest_2d, tmp_path / "int8", model="aaclip-tiny", backbone_weights="random", precision="int8")
+    with pytest.raises(ConfigError, match="precision='int8'.*inference only"):
+        train(manifest_2d, tmp_path / "int8", dataclasses.replace(TINY, precision="int8"))
     assert not (tmp_path / "int8").exists()
     with pytest.raises(OutputError, match="contains it .*c0.png.*Choose another --out folder"):
-        train(manifest_2d, tmp_path, model="aaclip-tiny", backbone_weights="random")  # holds the training images
+        train(manifest_2d, tmp_path, TINY)  # holds the training images
     assert not (tmp_path / "checkpoints").exists()
-    path = train(manifest_2d, tmp_path / "run", model="aaclip-tiny", backbone_weights="random", image_size=SIZE,
-                 text_epochs=1, image_epochs=1, text_batch_size=6, image_batch_size=6, precision="fp32",
-                 progress=False)
+    cfg = dataclasses.replace(TINY, text_batch_size=6, image_batch_size=6)
+    path = train(manifest_2d, tmp_path / "run", cfg, progress=False)
     meta = read_adapters(path).metadata
+    assert meta["training"] == {**cfg.to_dict(), "data": str(manifest_2d), "n_train": 6, "n_val": 4,
+                                "n_train_anomalous": 3}  # the whole config, as a dict
     assert meta["threshold_source"] == "validation" and isinstance(meta["threshold"], float)
     assert meta["epoch_selection"].startswith("epoch 1") and "reference" in meta["prompts"]
     model = create_model("aaclip-tiny", backbone_weights="random", image_size=SIZE, adapter_weights=path)
     assert model.threshold == meta["threshold"]
-    assert (tmp_path / "run" / "train_log.csv").read_text().startswith("stage,epoch")
+    header = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0]
+    assert tuple(header.split(",")) == TRAIN_LOG_COLUMNS

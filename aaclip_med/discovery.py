@@ -1,7 +1,7 @@
-"""Cohort inputs: :class:`Case` records from a manifest CSV or from a folder, and nnU-Net style sharding.
+"""Finding the studies of a data folder (:func:`discover`); :func:`load_cases` reads any source of cases.
 
-Manifest (DESIGN §0): ``case_id,image,mask,label,preset,split`` (``path`` is an alias of ``image``; an optional
-``series`` column selects a DICOM series). Relative paths are taken from the manifest's folder.
+A manifest CSV is read by :func:`aaclip_med.manifest.read_manifest` (the manifest's one owner); a folder is read by
+the rules below; a single file is one case.
 
 Folder discovery (:func:`discover`) walks the folder recursively in sorted order (hidden entries skipped):
 
@@ -24,24 +24,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 from aaclip_med._files import VOLUME_SUFFIXES, strip_volume_suffix
 from aaclip_med._typing import PathLike
 from aaclip_med.errors import ManifestError
-from aaclip_med.manifest import MANIFEST_COLUMNS, Case, check_case_id, read_manifest
+from aaclip_med.manifest import Case, check_case_id, read_manifest
 
-__all__ = [
-    "MANIFEST_COLUMNS",
-    "Case",
-    "discover",
-    "is_mask_name",
-    "load_cases",
-    "read_manifest",
-    "shard",
-    "write_manifest",
-]
+__all__ = ["discover", "is_mask_name", "load_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,36 +42,6 @@ _NOT_DICOM_SUFFIXES = (
 MASK_WORDS = ("seg", "mask", "label")
 MASK_FOLDERS = {"labels", "labelstr", "labelsts", "masks", "segmentations"}
 _SPLIT = re.compile(r"[_\-. ]+")
-
-
-
-def write_manifest(cases: Sequence[Case], path: str | Path) -> Path:
-    """Write cases as a manifest CSV, paths relative to its folder (``series``, ``organ_mask`` only when used).
-
-    Raises:
-        ManifestError: Two cases share a case id.
-    """
-    import os
-
-    from aaclip_med.report import write_sheet
-
-    path = Path(path)
-    ids = [c.case_id for c in cases]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ManifestError(f"write_manifest: case_id '{dup}' repeats; case ids must be unique.")
-
-    def rel(p: Path | None) -> str:
-        return "" if p is None else Path(os.path.relpath(Path(p).resolve(), path.parent.resolve())).as_posix()
-
-    rows = [
-        {"case_id": c.case_id, "image": rel(c.image), "mask": rel(c.mask), "label": c.label,
-         "preset": c.preset, "split": c.split, "series": c.series, "organ_mask": rel(c.organ_mask)}
-        for c in cases
-    ]
-    optional = {"series": any(c.series for c in cases), "organ_mask": any(c.organ_mask for c in cases)}
-    columns = [k for k in MANIFEST_COLUMNS if optional.get(k, True)]
-    return write_sheet(rows, path, columns=columns)
 
 
 def is_mask_name(path: Path) -> bool:
@@ -170,7 +130,8 @@ def discover(folder: str | Path) -> list[Case]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise ManifestError(f"'{root}' is neither a manifest CSV nor a folder; check the path.")
+        msg = f"'{root}' is neither a manifest CSV nor a folder; check the path."
+        raise ManifestError(msg)
     volumes: list[Path] = []
     masks: list[Path] = []
     others: list[Path] = []
@@ -205,7 +166,8 @@ def discover(folder: str | Path) -> list[Case]:
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ManifestError(f"Folder '{root}': two studies get the case id '{dup}'; write a manifest CSV instead.")
+        msg_0 = f"Folder '{root}': two studies get the case id '{dup}'; write a manifest CSV instead."
+        raise ManifestError(msg_0)
     return sorted(cases, key=lambda c: c.case_id)
 
 
@@ -217,20 +179,3 @@ def load_cases(source: PathLike) -> list[Case]:
     if path.is_file():
         return [Case(check_case_id(_stem(path), str(path)), path, where=str(path))]
     return discover(path)
-
-
-def shard(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[Case]:
-    """The cases of one part (nnU-Net ``--num-parts/--part-id``): sorted by id, case i goes to part i % N.
-
-    Raises:
-        ManifestError: ``num_parts < 1`` or ``part_id`` outside ``[0, num_parts)``.
-
-    Example:
-        >>> [c.case_id for c in shard([Case(i, Path(i)) for i in "cba"], 2, 0)]
-        ['a', 'c']
-    """
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        msg = f"num_parts={num_parts}, part_id={part_id} is invalid; use num_parts >= 1, 0 <= part_id < num_parts."
-        raise ManifestError(msg)
-    ordered = sorted(cases, key=lambda c: c.case_id)
-    return [c for i, c in enumerate(ordered) if i % num_parts == part_id]
