@@ -8,13 +8,13 @@ through the scoring preprocessing (the foreground rule of :func:`~aaclip_med.inf
 per volume, :func:`~aaclip_med.transforms.slice_transform`); the model's adapted patch tokens at every level are
 kept where the patch is at least half foreground.
 
-Window (``window``, stored in the memory; scoring with the memory preprocesses the study with the same rule): ``full``
-(default) replaces a percentile or z-score window by the whole range of the volume's foreground (0-100th
-percentile, one window per volume); fixed HU windows stay. A memory is a novelty detector, and a window that clips
-the bright end flattens exactly the voxels it should find: the ``brain_mri`` window (0.5-99.5th percentile) turns
-24-59 % of the BRATS tumour voxels into one white plateau, and the memory map then ranked tumour *below* normal
-brain (inside-brain AUROC 0.13-0.45 on unseen cases; 0.97-0.99 with ``full``; benchmarks/README.md). ``preset``
-keeps the preset's window.
+Window (``window``, stored in the memory; scoring with the memory preprocesses the study with the same rule):
+``full`` (default) replaces a percentile or z-score window by the whole range of the volume's foreground (0-100th
+percentile, one window per volume); fixed HU windows stay. A memory is a novelty detector and should see a lesion
+brighter than any normal tissue as such. Measured on BRATS FLAIR (benchmarks/README.md): with the ``brain_mri``
+window (0.5-99.5th percentile) normal brain sits mid-grey and the random-backbone memory map ranked tumour *below*
+normal brain (inside-brain AUROC 0.13-0.45 on unseen cases); with ``full`` it gives 0.97-0.99. ``preset`` keeps the
+preset's window.
 
 Subsampling: a uniform random sample (seeded) of at most ``max_patches`` patches, drawn while streaming (each patch
 gets a random key and the smallest keys stay), so memory never exceeds the bound plus one batch. Not a greedy
@@ -49,7 +49,15 @@ from aaclip_med.reference.calibration import Candidates, calibrate
 from aaclip_med.reference.memory import PatchMemory, identity, save_memory
 from aaclip_med.transforms import slice_transform
 
-__all__ = ["MASK_RULES", "WINDOW_RULES", "ReferenceSource", "build_reference", "memory_preset", "reference_sources"]
+__all__ = [
+    "FULL_WINDOW",
+    "MASK_RULES",
+    "WINDOW_RULES",
+    "ReferenceSource",
+    "build_reference",
+    "memory_preset",
+    "reference_sources",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -202,7 +202,7 @@ def check_memory(memory: PatchMemory, model_meta: Mapping[str, Any], preset: str
         _refuse(memory, "backbone weights", f"seed {wb.get('seed')}", f"seed {hb['seed']}", "--backbone-weights")
 
 
-def _refuse(memory: PatchMemory, what: str, built: Any, scoring: Any, flag: str) -> None:
+def _refuse(memory: PatchMemory, what: str, built: object, scoring: object, flag: str) -> None:
     short = {str(v): (f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v) for v in (built, scoring)}
     msg = (
         f"{memory.source}: reference memory built with {what} {short[str(built)]}, this run uses "

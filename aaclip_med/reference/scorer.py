@@ -3,8 +3,8 @@
 Rule (README "Normal-reference mode"):
 
 - window: the study is preprocessed with the memory's window (:meth:`ReferenceScorer.scoring_preset`; by default
-  the foreground's whole range, :mod:`.build`), so query and memory tokens come from one rendering; ``fusion="text"``
-  keeps the preset's window (the plain AA-CLIP map);
+  the foreground's whole range, :mod:`.build`), so query and memory tokens come from one rendering;
+  ``fusion="text"`` keeps the preset's window (the plain AA-CLIP map);
 - memory map: per patch and level, the cosine distance to the nearest memory patch, summed over the levels,
   optionally blurred on the patch grid (``memory_blur``, sigma in patches; default off, keeping the map sharp;
   its measured effect is in benchmarks/README.md), bilinearly upsampled as the text map;
@@ -89,7 +89,7 @@ class ReferenceScorer:
     @property
     def untrained_backbone(self) -> bool:
         """Whether the model's backbone is random."""
-        return self.model.untrained_backbone
+        return bool(self.model.untrained_backbone)
 
     @property
     def layout(self) -> Layout:
@@ -156,7 +156,9 @@ class ReferenceScorer:
             return SliceOutput(maps.flatten(1).amax(1), maps, det_score, None)
 
 
-def attach_reference(model: Any, config: InferenceConfig, preset: ModalityPreset | None = None) -> ReferenceScorer:
+def attach_reference(
+    model: object, config: InferenceConfig, preset: ModalityPreset | None = None
+) -> ReferenceScorer:
     """``model`` scored against ``config.reference`` (read once per process and checked against the model).
 
     Raises:
