@@ -138,9 +138,9 @@ def test_brats_tumour_scores_above_normal_brain(shared_dir: Path, tmp_path: Path
     """Regression (inverted memory map): the hyperintense FLAIR tumour must rank above normal brain, memory map.
 
     A memory built and scored with the ``brain_mri`` window (0.5-99.5th percentile) ranked tumour below normal
-    brain (AUROC < 0.5 inside the brain); the default full-range window does not. The planted checkerboard above could
-    not show it: it is texture novelty inside the normal intensity range of a phantom, where the window changes
-    nothing; the inversion depends on where the window puts real normal brain on the grey scale.
+    brain (AUROC < 0.5 inside the brain); the default full-range window does not. The planted checkerboard above
+    could not show it: it is texture novelty inside the normal intensity range of a phantom, where the window
+    changes nothing; the inversion depends on where the window puts real normal brain on the grey scale.
     """
     root = shared_dir / "data/brain_brats2015_deepmedic/brats2015TrainingData"
     query, normal = root / "test/brats_2013_pat0002_1", root / "validation/brats_2013_pat0003_1"
