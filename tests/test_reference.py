@@ -240,5 +240,7 @@ def test_cli_build_refuses_bad_inputs_before_the_model(tmp_path: Path) -> None:
     base = ["-q", "reference", "build", "-o", str(tmp_path / "r.safetensors"), "--preset", "mri"]
     res = runner.invoke(app, [*base, str(tmp_path), "--mask-rule", "voxels"])
     assert res.exit_code == 2 and "--mask-rule 'voxels' is not valid" in res.output
+    res = runner.invoke(app, [*base, str(tmp_path), "--window", "clip"])
+    assert res.exit_code == 2 and "--window 'clip' is not valid" in res.output
     res = runner.invoke(app, [*base, str(tmp_path / "missing.nii.gz")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and not (tmp_path / "r.safetensors").exists()
