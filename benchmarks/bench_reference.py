@@ -33,6 +33,7 @@ from aaclip_med.config import InferenceConfig
 from aaclip_med.inference import score_volume
 from aaclip_med.io import read_volume
 from aaclip_med.model import create_model
+from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.reference.build import build_reference, memory_preset
 
 DATA = ROOT.parent / "shared/data/brain_brats2015_deepmedic/brats2015TrainingData"
@@ -59,7 +60,7 @@ def _metrics(heat: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> dict[st
             "ap_all": float(average_precision_score(lesion.ravel(), heat.ravel()))}  # fmt: skip
 
 
-def evaluate_case(case: Path, others: list[Path], model: Any, stride: int, tmp: Path) -> dict[str, Any]:
+def evaluate_case(case: Path, others: list[Path], model: AACLIP, stride: int, tmp: Path) -> dict[str, Any]:
     """Metrics of every map and memory size for one unseen case."""
     path, flair, lesion, brain = _strided(case, stride, tmp)
     manifest = tmp / f"normals_for_{case.name}.csv"
@@ -86,7 +87,8 @@ def evaluate_case(case: Path, others: list[Path], model: Any, stride: int, tmp: 
                 cfg = InferenceConfig(reference=str(ref), fusion=fusion, memory_blur=blur, progress=False)
                 t0 = time.perf_counter()
                 res = score_volume(model, volume, "brain_mri", config=cfg)
-                key = fusion + (f"_blur{blur:g}" if blur else "") + ("_preset_window" if window == "preset" else "")
+                suffix = (f"_blur{blur:g}" if blur else "") + ("_preset_window" if window == "preset" else "")
+                key = fusion + suffix
                 row[key] = {**_metrics(res.heatmap, lesion, brain), "score_s": time.perf_counter() - t0}
         if size is None:
             out["text"] = row.pop("text")
@@ -101,11 +103,12 @@ def main() -> None:
     """Run every unseen case and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stride", type=int, default=4, help="score every N-th slice of the unseen case")
-    ap.add_argument("--cases", choices=("all", "test"), default="all", help="unseen cases: all four, or the test split")
+    ap.add_argument("--cases", choices=("all", "test"), default="all", help="unseen: all four, or the test split")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reference_brats.json")
     args = ap.parse_args()
     if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is absent: this benchmark needs the shared BRATS cases")
+        msg = f"{DATA} is absent: this benchmark needs the shared BRATS cases"
+        raise SystemExit(msg)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -113,7 +116,8 @@ def main() -> None:
     cases = sorted(DATA.glob("*/brats_*"))
     unseen = [c for c in cases if args.cases == "all" or c.parent.name == "test"]
     results = {"machine": machine(torch.device("cpu")), "model": "demo (aaclip-tiny, random backbone) at 224 px",
-               "precision": model.precision, "stride": args.stride, "window": "full (memory default)", "cases": []}  # fmt: skip
+               "precision": model.precision, "stride": args.stride, "window": "full (memory default)",
+               "cases": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for case in unseen:
             others = [c for c in cases if c != case]

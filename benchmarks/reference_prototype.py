@@ -36,6 +36,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from aaclip_med.config import get_preset
 from aaclip_med.intensity import foreground_mask, volume_window
 from aaclip_med.model import create_model
+from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.reference.build import FULL_WINDOW
 from aaclip_med.transforms import slice_transform
 
@@ -49,8 +50,8 @@ def _case(case: Path) -> dict[str, np.ndarray]:
     return {"flair": arrays["flair"], "lesion": arrays["lesion"] > 0, "brain": arrays["brain"] > 0}
 
 
-def _encode(model: Any, flair: np.ndarray, zs: list[int], window: str) -> tuple[list[torch.Tensor], np.ndarray]:
-    """Per level (S, N, D) unit tokens of the axial slices ``zs`` (one window for the volume), and the foreground."""
+def _encode(model: AACLIP, flair: np.ndarray, zs: list[int], window: str) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Per level (S, N, D) unit tokens of the slices ``zs`` (one window for the volume), and the foreground."""
     preset = get_preset("brain_mri")
     if window == "full":
         preset = dataclasses.replace(preset, window=FULL_WINDOW)
@@ -81,7 +82,11 @@ def run(model_name: str, window: str, stride: int) -> dict[str, Any]:
     data, normal, query = {}, {}, {}
     for case in cases:
         d = data[case.name] = _case(case)
-        zs = [z for z in range(d["flair"].shape[2]) if d["brain"][..., z].sum() >= 2000 and not d["lesion"][..., z].any()]
+        zs = [
+            z
+            for z in range(d["flair"].shape[2])
+            if d["brain"][..., z].sum() >= 2000 and not d["lesion"][..., z].any()
+        ]
         toks, fg_volume = _encode(model, d["flair"], zs, window)
         fg = torch.as_tensor(np.stack([fg_volume[..., z] for z in zs]).astype(np.float32))[:, None]
         grid = int(toks[0].shape[1] ** 0.5)
@@ -92,15 +97,21 @@ def run(model_name: str, window: str, stride: int) -> dict[str, Any]:
     for case in cases:
         d, toks = data[case.name], query[case.name]
         lesion, brain, flair = (d[k][..., ::stride] for k in ("lesion", "brain", "flair"))
-        row: dict[str, Any] = {"case": case.name, "intensity_auroc_brain": float(roc_auc_score(lesion[brain], flair[brain]))}
+        row: dict[str, Any] = {
+            "case": case.name,
+            "intensity_auroc_brain": float(roc_auc_score(lesion[brain], flair[brain])),
+        }
         for rule in ("all", "foreground"):
             mem = [torch.cat([normal[c.name][rule][i] for c in cases if c != case]) for i in range(len(toks))]
             pick = torch.randperm(mem[0].shape[0], generator=torch.Generator().manual_seed(0))[:BOUND]
             total = sum(_nearest(t.flatten(0, 1), m[pick]) for t, m in zip(toks, mem, strict=True))
             n, grid = toks[0].shape[0], int(toks[0].shape[1] ** 0.5)
-            heat = F.interpolate(torch.as_tensor(total).reshape(n, 1, grid, grid), size=flair.shape[:2], mode="bilinear")
+            heat = F.interpolate(
+                torch.as_tensor(total).reshape(n, 1, grid, grid), size=flair.shape[:2], mode="bilinear"
+            )
             heat_np = np.moveaxis(heat[:, 0].numpy(), 0, -1)
-            row[rule] = {"n_memory": int(mem[0].shape[0]), "auroc_all": float(roc_auc_score(lesion.ravel(), heat_np.ravel())),
+            row[rule] = {"n_memory": int(mem[0].shape[0]),
+                         "auroc_all": float(roc_auc_score(lesion.ravel(), heat_np.ravel())),
                          "auroc_brain": float(roc_auc_score(lesion[brain], heat_np[brain])),
                          "ap_all": float(average_precision_score(lesion.ravel(), heat_np.ravel()))}  # fmt: skip
         print(model_name, window, json.dumps(row), flush=True)
@@ -115,7 +126,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reference_prototype.json")
     args = ap.parse_args()
     if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is absent: this script needs the shared BRATS cases")
+        msg = f"{DATA} is absent: this script needs the shared BRATS cases"
+        raise SystemExit(msg)
     steps = [run(m, w, args.stride) for m in ("aaclip-tiny", "demo") for w in ("full", "clip")]
     out = {"machine": machine(torch.device("cpu")), "stride": args.stride, "bound": BOUND, "steps": steps}
     args.out.write_text(json.dumps(out, indent=2))

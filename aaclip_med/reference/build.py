@@ -13,7 +13,7 @@ Window (``window``, stored in the memory; scoring with the memory preprocesses t
 percentile, one window per volume); fixed HU windows stay. A memory is a novelty detector and should see a lesion
 brighter than any normal tissue as such. Measured on BRATS FLAIR (benchmarks/README.md): with the ``brain_mri``
 window (0.5-99.5th percentile) normal brain sits mid-grey and the random-backbone memory map ranked tumour *below*
-normal brain (inside-brain AUROC 0.13-0.45 on unseen cases); with ``full`` it gives 0.97-0.99. ``preset`` keeps the
+normal brain (inside-brain AUROC 0.13-0.45 on unseen cases); with ``full`` it gives 0.98-0.99. ``preset`` keeps the
 preset's window.
 
 Subsampling: a uniform random sample (seeded) of at most ``max_patches`` patches, drawn while streaming (each patch
