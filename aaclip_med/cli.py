@@ -485,21 +485,26 @@ def reference_build(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     mask_rule: Annotated[str, typer.Option(help="Masked sources: lesion-free 'slices' or 'patches'.")] = "slices",
+    window: Annotated[
+        str, typer.Option(help="Memory window: 'full' foreground range (no clipped lesions) or the 'preset' one.")
+    ] = "full",
 ) -> None:
     """Build a normal-reference memory from normal studies.
 
     Adapted patch tokens inside the foreground, with the scoring transforms; score with `run --reference OUT`.
     """
     from aaclip_med.model.factory import create_model
-    from aaclip_med.reference.build import MASK_RULES, build_reference, reference_sources
+    from aaclip_med.reference.build import MASK_RULES, WINDOW_RULES, build_reference, reference_sources
 
     if mask_rule not in MASK_RULES:  # cheap checks before the model build
         fail(f"--mask-rule {mask_rule!r} is not valid; use {' or '.join(MASK_RULES)}")
+    if window not in WINDOW_RULES:
+        fail(f"--window {window!r} is not valid; use {' or '.join(WINDOW_RULES)}")
     reference_sources(inputs)
     net = create_model(model, backbone_weights=backbone_weights, adapter_weights=adapter_weights, device=device,
                        precision=precision, image_size=image_size, seed=seed)  # fmt: skip
     memory = build_reference(inputs, out, model=net, preset=preset, max_patches=max_patches, max_slices=max_slices,
-                             seed=seed, batch_size=batch_size, mask_rule=mask_rule)  # fmt: skip
+                             seed=seed, batch_size=batch_size, mask_rule=mask_rule, window=window)  # fmt: skip
     meta = memory.metadata
     typer.echo(f"memory {out}: {memory.n_patches} of {meta['n_patches_collected']} normal patches per level, "
                f"{meta['n_slices']} slices, {len(meta['sources'])} studies (sha256 {memory.sha256})")  # fmt: skip

@@ -137,6 +137,7 @@ def score_volume(
         from aaclip_med.reference import attach_reference
 
         model = reference = attach_reference(model, cfg, preset_obj)
+        preset_obj = reference.scoring_preset(preset_obj)  # the memory's window
     axis = volume.slice_axis
     n = volume.n_slices
     fg = foreground_mask(volume.data, preset_obj.foreground, slice_axis=axis)

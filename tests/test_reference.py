@@ -20,7 +20,7 @@ from aaclip_med.inference import score_volume
 from aaclip_med.io import read_volume
 from aaclip_med.model import create_model
 from aaclip_med.reference import load_memory, nearest_distance
-from aaclip_med.reference.build import build_reference
+from aaclip_med.reference.build import build_reference, memory_preset
 
 runner = CliRunner()
 
@@ -110,6 +110,61 @@ def test_memory_map_finds_what_the_text_map_cannot(study: dict[str, Path]) -> No
     assert auroc["text"] < 0.3, auroc  # the random text anchors miss it (rank it below normal tissue)
 
 
+def test_memory_window_rule() -> None:
+    """A memory never clips the bright end: percentile windows become the foreground's whole range; HU stays."""
+    full = memory_preset("brain_mri")
+    assert (full.window.lower, full.window.upper, full.window.scope) == (0.0, 100.0, "volume")
+    assert full.name == "brain_mri" and full.prompts == memory_preset("brain_mri", "preset").prompts
+    assert memory_preset("brain_mri", "preset").window.upper == 99.5
+    assert memory_preset("reference").window.scope == "volume"  # one window per volume, also for the paper preset
+    assert memory_preset("liver_ct").window.upper == 250.0
+    with pytest.raises(ConfigError, match="window='clip'"):
+        memory_preset("mri", "clip")
+
+
+def test_scoring_uses_the_memory_window(study: dict[str, Path]) -> None:
+    """Query tokens are rendered as the memory's were: the whole foreground range (bright lesions not clipped)."""
+    vol = read_volume(study["test"])
+    fg = vol.data[vol.data != 0]  # the phantom's background fill is 0
+    assert load_memory(study["ref"]).metadata["window"]["upper"] == 100.0
+    for fusion, upper, hi in (("memory", 100.0, fg.max()), ("text", 99.0, np.percentile(fg, 99.0))):
+        res = score_volume(_model(), vol, "mri", config=InferenceConfig(reference=str(study["ref"]), fusion=fusion,
+                                                                        progress=False))  # fmt: skip
+        assert res.qa["window"]["upper"] == upper and res.window is not None
+        assert res.window[1] == pytest.approx(float(hi), rel=1e-5)
+
+
+def test_brats_tumour_scores_above_normal_brain(shared_dir: Path, tmp_path: Path) -> None:
+    """Regression (inverted memory map): the hyperintense FLAIR tumour must rank above normal brain, memory map.
+
+    A memory built and scored with the ``brain_mri`` window (0.5-99.5th percentile) ranked tumour below normal
+    brain (AUROC < 0.5 inside the brain); the default full-range window does not. The planted checkerboard above
+    could not show it: it is texture novelty inside the normal intensity range of a phantom, where the window
+    changes nothing; the inversion depends on where the window puts real normal brain on the grey scale.
+    """
+    root = shared_dir / "data/brain_brats2015_deepmedic/brats2015TrainingData"
+    query, normal = root / "test/brats_2013_pat0002_1", root / "validation/brats_2013_pat0003_1"
+    if not (query.is_dir() and normal.is_dir()):
+        pytest.skip(f"BRATS cases under {root} are absent")
+    arrays = {}
+    for name in ("Flair_subtrMeanDivStd", "OTMultiClass", "brainmask"):
+        img = nib.load(query / f"{name}.nii.gz")
+        arrays[name] = np.asarray(img.dataobj, dtype=np.float32)[:, :, 50:110:10]  # 6 slices through the tumour
+    nib.save(nib.Nifti1Image(arrays["Flair_subtrMeanDivStd"], img.affine), tmp_path / "q.nii.gz")
+    manifest = tmp_path / "normals.csv"
+    image, mask = normal / "Flair_subtrMeanDivStd.nii.gz", normal / "OTMultiClass.nii.gz"
+    manifest.write_text(f"case_id,image,mask\nn,{image},{mask}\n")
+    lesion, brain = arrays["OTMultiClass"] > 0, arrays["brainmask"] > 0
+    model, vol, auroc = _model(), read_volume(tmp_path / "q.nii.gz"), {}
+    for window in ("full", "preset"):
+        ref = tmp_path / f"{window}.safetensors"
+        build_reference(manifest, ref, model=model, preset="brain_mri", max_slices=12, window=window)
+        res = score_volume(model, vol, "brain_mri", config=InferenceConfig(reference=str(ref), fusion="memory",
+                                                                          progress=False))  # fmt: skip
+        auroc[window] = roc_auc_score(lesion[brain], res.heatmap[brain])
+    assert auroc["full"] > 0.9 and auroc["preset"] < 0.5, auroc  # the clipped window inverts the map
+
+
 def test_text_fusion_is_the_plain_model(study: dict[str, Path]) -> None:
     model, vol = _model(), read_volume(study["test"])
     plain = score_volume(model, vol, "mri", config=InferenceConfig(progress=False))
@@ -185,5 +240,7 @@ def test_cli_build_refuses_bad_inputs_before_the_model(tmp_path: Path) -> None:
     base = ["-q", "reference", "build", "-o", str(tmp_path / "r.safetensors"), "--preset", "mri"]
     res = runner.invoke(app, [*base, str(tmp_path), "--mask-rule", "voxels"])
     assert res.exit_code == 2 and "--mask-rule 'voxels' is not valid" in res.output
+    res = runner.invoke(app, [*base, str(tmp_path), "--window", "clip"])
+    assert res.exit_code == 2 and "--window 'clip' is not valid" in res.output
     res = runner.invoke(app, [*base, str(tmp_path / "missing.nii.gz")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and not (tmp_path / "r.safetensors").exists()

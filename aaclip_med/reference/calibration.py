@@ -91,7 +91,7 @@ def _stats(values: torch.Tensor) -> dict[str, float]:
 def calibrate(pool: Candidates) -> dict[str, Any]:
     """Mean, standard deviation and 99th percentile of the held-out memory map and of the text map on normals."""
     held, kept = pool.held.cols, pool.kept.cols
-    unit = next((u for u in ("volume", "slice") if int(held[u].unique().numel()) > 1), "patch")
+    unit = next((u for u in ("volume", "slice") if int(torch.unique(held[u]).numel()) > 1), "patch")
     n_levels = sum(1 for k in held if k.startswith("level"))
     total = sum(
         _held_out_nearest(held[f"level{i}"].float(), held[unit], kept[f"level{i}"].float(), kept[unit])

@@ -2,6 +2,9 @@
 
 Rule (README "Normal-reference mode"):
 
+- window: the study is preprocessed with the memory's window (:meth:`ReferenceScorer.scoring_preset`; by default
+  the foreground's whole range, :mod:`.build`), so query and memory tokens come from one rendering;
+  ``fusion="text"`` keeps the preset's window (the plain AA-CLIP map);
 - memory map: per patch and level, the cosine distance to the nearest memory patch, summed over the levels,
   optionally blurred on the patch grid (``memory_blur``, sigma in patches; default off, keeping the map sharp;
   its measured effect is in benchmarks/README.md), bilinearly upsampled as the text map;
@@ -16,13 +19,14 @@ Rule (README "Normal-reference mode"):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from aaclip_med._typing import SliceScorer
-from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset
+from aaclip_med.config import InferenceConfig, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.aaclip import AACLIP, Layout, SliceOutput
 from aaclip_med.model.maps import gaussian_blur, level_anomaly_maps
@@ -86,7 +90,7 @@ class ReferenceScorer:
     @property
     def untrained_backbone(self) -> bool:
         """Whether the model's backbone is random."""
-        return self.model.untrained_backbone
+        return bool(self.model.untrained_backbone)
 
     @property
     def layout(self) -> Layout:
@@ -112,6 +116,13 @@ class ReferenceScorer:
         return {**self.memory.describe(), "fusion": self.fusion, "fusion_weight": self.weight,
                 "memory_blur_sigma": self.blur_sigma, "normalisation": "z-score vs reference normals",
                 "calibration": self.memory.metadata["calibration"]}  # fmt: skip
+
+    def scoring_preset(self, preset: ModalityPreset) -> ModalityPreset:
+        """``preset`` with the memory's window (the one its tokens were rendered with); unchanged for ``text``."""
+        window = self.memory.metadata.get("window")
+        if self.fusion == "text" or not window:
+            return preset
+        return dataclasses.replace(preset, window=WindowConfig(**window))
 
     def _z(self, which: str, values: torch.Tensor) -> torch.Tensor:
         mean, std = self._norm[which]
