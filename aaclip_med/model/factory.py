@@ -21,6 +21,7 @@ from aaclip_med._typing import PathLike
 from aaclip_med.config import PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
+from aaclip_med.model.attention import resolve_attention
 from aaclip_med.model.backends import cpu_isa, resolve_backend
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.weights import (
@@ -167,9 +168,11 @@ def resolve_device(device: str) -> torch.device:
             msg = f"device={device!r}: this machine has {count} usable CUDA GPU(s); use --device cpu or auto."
             raise ConfigError(msg)
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device!r}: MPS is not available here; use --device cpu or auto.")
+        msg = f"device={device!r}: MPS is not available here; use --device cpu or auto."
+        raise ConfigError(msg)
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N.")
+        msg = f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N."
+        raise ConfigError(msg)
     return dev
 
 
@@ -215,7 +218,7 @@ def _no_pretrained_note(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _open_clip_backbone(spec: ModelSpec, image_size: int) -> Any:
+def _open_clip_backbone(spec: ModelSpec, image_size: int) -> Any:  # noqa: ANN401 (open_clip's CLIP is untyped)
     """open_clip's model for ``spec`` at ``image_size``, randomly initialised (the caller loads weights)."""
     import open_clip
 
@@ -266,6 +269,7 @@ def create_model(
     seed: int = 0,
     trust_pickle: bool = False,
     backend: str = "auto",
+    attention: str = "auto",
 ) -> AACLIP:
     """Build an AA-CLIP model from the registry.
 
@@ -284,6 +288,8 @@ def create_model(
         trust_pickle: Allow full-pickle ``.pth`` files (they can run code).
         backend: Engine of the vision path at inference (:mod:`aaclip_med.model.backends`): ``auto`` (the
             measured fastest here), ``eager``, ``cast``, ``compile`` or ``openvino``. Training needs ``eager``.
+        attention: Kernel of the vision blocks' attention core (:mod:`aaclip_med.model.attention`): ``auto``
+            (fused SDPA; ``$AACLIP_MED_ATTENTION`` replaces it), ``sdpa``, ``matmul`` or ``blocked``.
 
     Returns:
         The model in eval mode with a frozen backbone.
@@ -300,7 +306,8 @@ def create_model(
     spec = get_spec(name)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)  # all three checked before the slow backbone build
-    resolve_backend(backend, dev, prec)
+    gemm_attention = attention not in ("auto", "sdpa")  # an explicit GEMM kernel: auto stays off OpenVINO
+    resolve_attention(attention, resolve_backend(backend, dev, prec, openvino_ok=not gemm_attention))
     size = image_size or spec.image_size
     source = adapter_weights
     if source is None and spec.default_adapters is not None:
@@ -327,7 +334,8 @@ def create_model(
         xavier_init_(model.image_adapter)
         xavier_init_(model.text_adapter)
     # the engine itself is built on the first scored batch (AACLIP.score_slices)
-    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width)
+    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width, not gemm_attention)
+    model.attention = resolve_attention(attention, model.backend)
     if prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
         from aaclip_med.model.quantize import quantize_vision_
 
@@ -337,8 +345,14 @@ def create_model(
     else:
         model.load_adapters(ckpt)
     logger.info(
-        "Built %s (%s, %s backbone) on %s, %s, backend %s", name, spec.arch, info["source"], dev, prec,
+        "Built %s (%s, %s backbone) on %s, %s, backend %s, attention %s",
+        name,
+        spec.arch,
+        info["source"],
+        dev,
+        prec,
         model.backend,
+        model.attention,
     )
     return model.to(dev).eval()
 
@@ -367,7 +381,6 @@ def import_backbone(
     Raises:
         WeightsError: the file does not load into the backbone at one of the sizes.
     """
-
     spec = get_spec(model)
     _register_open_clip_config(spec.arch)
     checked: list[int] = []

@@ -5,7 +5,8 @@ activations are quantised per call from their observed range. Quantised per visi
 
 - the MLP (``mlp.c_fc``, ``mlp.c_proj``);
 - the attention projections: ``attn`` (an ``nn.MultiheadAttention``) is replaced by :class:`Int8SelfAttention`,
-  which holds ``in_proj`` and ``out_proj`` as quantised linears and runs the fused SDPA core in fp32.
+  which holds ``in_proj`` and ``out_proj`` as quantised linears and runs the fused SDPA core in fp32 (the
+  ``attention`` choice of :mod:`aaclip_med.model.attention` does not apply to int8 blocks).
 
 The patch embedding, ``ln_*``, the adapters, seg/det projections and the text tower stay fp32 (the text anchors
 are computed once per preset and cached). Inference only: the quantised layers have no gradient, so
@@ -22,20 +23,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Int8SelfAttention", "fused_self_attention", "quantize_vision_", "quantized_linear"]
+from aaclip_med.model.attention import self_attention
+
+__all__ = ["Int8SelfAttention", "quantize_vision_", "quantized_linear"]
 
 logger = logging.getLogger(__name__)
-
-
-def fused_self_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Multi-head self-attention core over packed ``qkv`` (B,N,3W) -> (B,N,W), by fused SDPA, no mask."""
-    batch, tokens, width3 = qkv.shape
-    width = width3 // 3
-    q, k, v = qkv.view(batch, tokens, 3, num_heads, width // num_heads).permute(2, 0, 3, 1, 4)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
 
 
 @contextlib.contextmanager
@@ -63,7 +57,7 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Modu
             dense.bias.copy_(bias.detach().float())
     dense.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
     with _quiet_deprecation():
-        return DynamicLinear.from_float(dense)  # type: ignore[no-any-return]
+        return DynamicLinear.from_float(dense)  # type: ignore[no-untyped-call,no-any-return]
 
 
 class Int8SelfAttention(nn.Module):
@@ -77,7 +71,8 @@ class Int8SelfAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
-            raise ValueError("Int8SelfAttention needs a batch-first self-attention nn.MultiheadAttention")
+            msg = "Int8SelfAttention needs a batch-first self-attention nn.MultiheadAttention"
+            raise ValueError(msg)
         self.num_heads, self.embed_dim, self.batch_first = mha.num_heads, mha.embed_dim, True
         self.in_proj = quantized_linear(mha.in_proj_weight, mha.in_proj_bias)
         self.out_proj = quantized_linear(mha.out_proj.weight, mha.out_proj.bias)
@@ -85,17 +80,23 @@ class Int8SelfAttention(nn.Module):
     def forward(
         self,
         query: torch.Tensor,
-        key: Any = None,
-        value: Any = None,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
         need_weights: bool = False,
-        attn_mask: Any = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
+        """``(attention output, None)`` for ``query`` (= key = value), as ``nn.MultiheadAttention`` returns.
+
+        Raises:
+            NotImplementedError: cross-attention, a mask, or attention weights asked for.
+        """
         if need_weights or attn_mask is not None or any(t is not None and t is not query for t in (key, value)):
-            raise NotImplementedError("Int8SelfAttention supports unmasked self-attention without weights only")
-        return self.out_proj(fused_self_attention(self.in_proj(query), self.num_heads)), None
+            msg = "Int8SelfAttention supports unmasked self-attention without weights only"
+            raise NotImplementedError(msg)
+        return self.out_proj(self_attention(self.in_proj(query), self.num_heads)), None
 
 
-def quantize_vision_(clip: Any, attention: bool = True) -> dict[str, int]:
+def quantize_vision_(clip: Any, attention: bool = True) -> dict[str, int]:  # noqa: ANN401 (open_clip's CLIP)
     """Quantise the linear layers of every vision block of an open_clip ``CLIP`` in place (CPU, eval).
 
     Args:
