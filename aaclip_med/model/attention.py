@@ -21,12 +21,12 @@ picks, as ``AACLIP_MED_PRECISION`` and ``AACLIP_MED_BACKEND`` do.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 
 from aaclip_med.errors import ConfigError
+from aaclip_med.model.backends import auto_choice
 
 __all__ = [
     "ATTENTIONS",
@@ -59,16 +59,7 @@ def resolve_attention(attention: str, backend: str) -> str:
         ConfigError: unknown value, or a GEMM kernel asked for with the OpenVINO backend.
     """
     explicit = attention != "auto"
-    if not explicit:
-        env = os.environ.get(ATTENTION_ENV, "").strip().lower()
-        if env not in ("", "auto"):
-            if env not in ATTENTIONS:
-                msg = f"{ATTENTION_ENV}={env!r} is not an attention kernel; set one of {', '.join(ATTENTIONS)}."
-                raise ConfigError(msg)
-            attention = env
-    if attention not in ATTENTIONS:
-        msg = f"attention={attention!r} is not valid; use {', '.join(ATTENTIONS)}."
-        raise ConfigError(msg)
+    attention = auto_choice(attention, ATTENTIONS, "attention", ATTENTION_ENV, "an attention kernel")
     if backend == "openvino" and attention not in ("auto", "sdpa"):
         if explicit:
             msg = (

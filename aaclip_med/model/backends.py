@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND_ENV",
     "CACHE_ENV",
+    "auto_choice",
     "Engine",
     "VisionPath",
     "build_engine",
@@ -66,6 +67,28 @@ Engine = Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
 OPENVINO_MIN_WIDTH = 512  # auto uses OpenVINO from ViT-B widths up (the width-64 test model: 3x slower than eager)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: int8 weights, see below
+
+
+def auto_choice(value: str, allowed: tuple[str, ...], name: str, env_var: str, noun: str) -> str:
+    """``value``, its ``auto`` replaced by ``$env_var`` where that is set to another value than ``auto``.
+
+    How ``AACLIP_MED_PRECISION``, ``AACLIP_MED_BACKEND`` and ``AACLIP_MED_ATTENTION`` override ``auto`` (an
+    explicit value is never overridden). ``noun`` names a value in the error (``"a backend"``).
+
+    Raises:
+        ConfigError: ``value``, or the variable, is not one of ``allowed``.
+    """
+    if value == "auto":
+        env = os.environ.get(env_var, "").strip().lower()
+        if env not in ("", "auto"):
+            if env not in allowed:
+                msg = f"{env_var}={env!r} is not {noun}; set it to one of {', '.join(allowed)} or unset it."
+                raise ConfigError(msg)
+            value = env
+    if value not in allowed:
+        msg = f"{name}={value!r} is not valid; use {', '.join(allowed)}."
+        raise ConfigError(msg)
+    return value
 
 
 def _cpu_flags() -> set[str]:
@@ -139,16 +162,7 @@ def resolve_backend(
     Raises:
         ConfigError: unknown value, or a backend that cannot run this device/precision.
     """
-    if backend == "auto":
-        env = os.environ.get(BACKEND_ENV, "").strip().lower()
-        if env not in ("", "auto"):
-            if env not in BACKENDS:
-                msg = f"{BACKEND_ENV}={env!r} is not a backend; set one of {', '.join(BACKENDS)} or unset it."
-                raise ConfigError(msg)
-            backend = env
-    if backend not in BACKENDS:
-        msg = f"backend={backend!r} is not valid; use {', '.join(BACKENDS)}."
-        raise ConfigError(msg)
+    backend = auto_choice(backend, BACKENDS, "backend", BACKEND_ENV, "a backend")
     if backend == "auto":
         if device.type != "cpu" or precision == "int8":
             return "eager"

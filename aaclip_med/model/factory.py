@@ -22,7 +22,7 @@ from aaclip_med.config import PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.attention import resolve_attention
-from aaclip_med.model.backends import cpu_isa, resolve_backend
+from aaclip_med.model.backends import auto_choice, cpu_isa, resolve_backend
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.weights import (
     AdapterSource,
@@ -187,20 +187,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Raises:
         ConfigError: unknown value (argument or environment variable), or ``int8`` on a non-CPU device.
     """
-    if precision == "auto":
-        env = os.environ.get(PRECISION_ENV, "").strip().lower()
-        if env not in ("", "auto"):
-            if env not in PRECISIONS:
-                msg = (
-                    f"{PRECISION_ENV}={env!r} is not a precision; set it to one of {', '.join(PRECISIONS)} "
-                    "or unset it."
-                )
-                raise ConfigError(msg)
-            logger.info("precision auto -> %s from %s", env, PRECISION_ENV)
-            precision = env
-    if precision not in PRECISIONS:
-        msg = f"precision={precision!r} is not valid; use {', '.join(PRECISIONS)}."
-        raise ConfigError(msg)
+    asked, precision = precision, auto_choice(precision, PRECISIONS, "precision", PRECISION_ENV, "a precision")
+    if asked != precision:
+        logger.info("precision auto -> %s from %s", precision, PRECISION_ENV)
     if precision == "int8" and device.type != "cpu":
         msg = (
             f"precision='int8' on device {device}: int8 dynamic quantisation runs on CPU only; "

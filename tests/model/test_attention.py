@@ -117,7 +117,6 @@ def _real_slices(shared: Path, size: int) -> dict[str, tuple[torch.Tensor, str]]
 @pytest.mark.parametrize("kernel", GEMM_KERNELS)
 def test_maps_on_real_slices_match_fp32_sdpa(
     shared_dir: Path,
-    tiny: AACLIP,
     make_tiny: Callable[..., AACLIP],
     monkeypatch: pytest.MonkeyPatch,
     precision: str,
@@ -135,7 +134,8 @@ def test_maps_on_real_slices_match_fp32_sdpa(
     monkeypatch.setattr(attention, "BLOCK_ROWS", 64)
     monkeypatch.setattr(attention, "MATMUL_HEADS", 3)
     model = make_tiny(precision=precision, backend="eager" if precision == "fp32" else "cast", attention=kernel)
-    sdpa = make_tiny(precision=precision, backend="cast")  # the same arithmetic but the attention core
+    sdpa = make_tiny(precision=precision, backend="cast", attention="sdpa")  # all the same but the kernel
+    tiny = make_tiny(precision="fp32", backend="eager", attention="sdpa")  # pinned: env overrides stay out
     assert model.attention == kernel and tiny.attention == sdpa.attention == "sdpa"
     for name, (x, preset) in _real_slices(shared_dir, model.input_size).items():
         ref = tiny.score_slices(x, preset).maps
