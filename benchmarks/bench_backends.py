@@ -6,11 +6,14 @@ One run, everything interleaved (a shared machine: compare only numbers of one r
 
 - ``block``: one vision block of the model at batch 2 (ViT-L at 518 px: 1370 tokens) in fp32 eager, bf16
   autocast, bf16 weights cast once, ``torch.compile`` (``--compile``), OpenVINO f32/bf16, torch dynamic int8,
-  OpenVINO int8 (NNCF, ``--nncf``); and the attention core alone: fused SDPA (fp32/bf16), the math kernel, a
-  query-blocked attention, OpenVINO's. GFLOP/s and the r of the block's update against fp32.
-- ``model``: ``score_slices`` per (precision, backend) on real slices (BraTS FLAIR and the HCC048 CT sample, when
-  present; random slices otherwise): s/slice after warm-up (conversion time reported apart) and the maps'
-  max |d| and Pearson r against fp32 eager.
+  OpenVINO int8 (NNCF, ``--nncf``), the block with the GEMM attention kernels of ``aaclip_med.model.attention``
+  (``matmul``, ``blocked``; fp32 eager and bf16 cast); and the attention core alone: fused SDPA (fp32/bf16), the
+  math kernel, the GEMM kernels, OpenVINO's SDPA and OpenVINO on the unchunked matmul -> softmax -> matmul
+  pattern. GFLOP/s, the speed against fp32 (``x``) and against SDPA of the same dtype (``same``), and the r of
+  the block's update against fp32.
+- ``model``: ``score_slices`` per precision:backend[:attention] on real slices (BraTS FLAIR and the HCC048 CT
+  sample, when present; random slices otherwise): s/slice after warm-up (conversion time reported apart) and the
+  maps' max |d| and Pearson r against fp32 eager.
 
 The first printed line names the CPU model and its ISA (``bench_common.isa_line``).
 """
@@ -32,7 +35,9 @@ from bench_common import agreement, build_model, isa_line, machine, random_slice
 from bench_peak import analytic_flops
 
 from aaclip_med.model import AACLIP
+from aaclip_med.model import attention as attention_mod
 from aaclip_med.model.aaclip import sdpa_block
+from aaclip_med.model.attention import gemm_attention
 from aaclip_med.model.backends import openvino_available
 
 DEFAULT_VARIANTS = ("fp32:eager", "bf16:eager", "bf16:cast", "fp32:openvino", "bf16:openvino", "int8:eager")
@@ -53,13 +58,17 @@ def _interleaved(cases: dict[str, Callable[[], Any]], reps: int, device: torch.d
     return times
 
 
-def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """Attention by query blocks of ``chunk`` rows (exact softmax per block: the scores fit in cache)."""
-    scale = q.shape[-1] ** -0.5
-    return torch.cat(
-        [torch.softmax((q[..., s : s + chunk, :] * scale) @ k.transpose(-1, -2), -1) @ v
-         for s in range(0, q.shape[-2], chunk)], dim=-2,
-    )  # fmt: skip
+Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _kernel(name: str) -> Core:
+    """The attention core of ``self_attention``'s kernel ``name`` on (B,H,N,d) tensors."""
+    chunks = {"matmul": {"pairs": attention_mod.MATMUL_HEADS}, "blocked": {"rows": attention_mod.BLOCK_ROWS},
+              "gemm unchunked": {}}  # fmt: skip  # unchunked: the matmul -> softmax -> matmul OpenVINO may fuse
+    if name in chunks:
+        core: Core = functools.partial(gemm_attention, **chunks[name])
+        return core
+    return F.scaled_dot_product_attention
 
 
 class _Block(torch.nn.Module):
@@ -68,15 +77,23 @@ class _Block(torch.nn.Module):
         self.block = block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sdpa_block(self.block, x)
+        """The block through ``sdpa_block``."""
+        out: torch.Tensor = sdpa_block(self.block, x)
+        return out
 
 
 class _Attention(torch.nn.Module):
+    def __init__(self, kernel: str = "sdpa") -> None:
+        super().__init__()
+        self.kernel = _kernel(kernel)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v)
+        return self.kernel(q, k, v)
 
 
-def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], hint: str, nncf_data: Any = None) -> Any:
+def _openvino(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], hint: str, nncf_data: list[Any] | None = None
+) -> Callable[..., torch.Tensor]:
     import openvino as ov
 
     converted = ov.convert_model(module, example_input=example)
@@ -91,7 +108,14 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], hint: 
     return lambda *a: torch.from_numpy(request.infer({i: t.numpy() for i, t in enumerate(a)})[out].copy())
 
 
-def block_section(model: AACLIP, batch: int, reps: int, compile_: bool, nncf_: bool) -> dict[str, Any]:
+def block_section(
+    model: AACLIP,
+    batch: int,
+    reps: int,
+    compile_: bool,
+    nncf_: bool,
+    kernels: tuple[str, ...] = ("matmul", "blocked"),
+) -> dict[str, Any]:
     """One vision block and its attention core, every variant interleaved; GFLOP/s and agreement with fp32."""
     fl = analytic_flops(model)
     block = copy.deepcopy(model.clip.visual.transformer.resblocks[0]).float().eval().requires_grad_(False)
@@ -104,7 +128,8 @@ def block_section(model: AACLIP, batch: int, reps: int, compile_: bool, nncf_: b
 
     def autocast_block() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return sdpa_block(block, x)
+            out: torch.Tensor = sdpa_block(block, x)
+            return out
 
     blocks: dict[str, Callable[[], torch.Tensor]] = {
         "fp32 eager": lambda: sdpa_block(block, x),
@@ -115,9 +140,12 @@ def block_section(model: AACLIP, batch: int, reps: int, compile_: bool, nncf_: b
         "sdpa fp32": lambda: F.scaled_dot_product_attention(q, k, v),
         "sdpa bf16": lambda: F.scaled_dot_product_attention(qb, kb, vb),
         "math fp32": lambda: _math_sdpa(q, k, v),
-        "blocked fp32": lambda: blocked_attention(q, k, v),
-        "blocked bf16": lambda: blocked_attention(qb, kb, vb),
     }
+    for kernel in kernels:  # the GEMM kernels of aaclip_med.model.attention, in the block and alone
+        blocks[f"fp32 eager, attention {kernel}"] = functools.partial(sdpa_block, block, x, kernel)
+        blocks[f"bf16 cast, attention {kernel}"] = functools.partial(sdpa_block, bf, x.bfloat16(), kernel)
+        attention[f"{kernel} fp32"] = functools.partial(_kernel(kernel), q, k, v)
+        attention[f"{kernel} bf16"] = functools.partial(_kernel(kernel), qb, kb, vb)
     if compile_:
         c32, cbf = torch.compile(_Block(block)), torch.compile(_Block(bf))
         blocks["compile fp32"] = lambda: c32(x)
@@ -126,6 +154,8 @@ def block_section(model: AACLIP, batch: int, reps: int, compile_: bool, nncf_: b
         for hint in ("f32", "bf16"):
             blocks[f"openvino {hint}"] = functools.partial(_openvino(_Block(block), (x,), hint), x)
             attention[f"openvino {hint}"] = functools.partial(_openvino(_Attention(), (q, k, v), hint), q, k, v)
+            gemm = _openvino(_Attention("gemm unchunked"), (q, k, v), hint)  # fused to OpenVINO's SDPA or not
+            attention[f"openvino {hint}, gemm pattern"] = functools.partial(gemm, q, k, v)
         if nncf_:  # static int8 (calibrated on random tokens): the VNNI/AMX int8 rate, not a shipped path
             calib = [torch.randn(batch, tokens, width, generator=gen).numpy() for _ in range(4)]
             blocks["openvino int8 (nncf)"] = functools.partial(_openvino(_Block(block), (x,), "f32", calib), x)
@@ -178,9 +208,9 @@ def model_section(name: str, variants: list[str], n: int, reps: int, batch: int)
     models: dict[str, AACLIP] = {}
     build_s: dict[str, float] = {}
     for variant in variants:
-        precision, backend = variant.split(":")
+        precision, backend, kernel = (*variant.split(":"), "auto")[:3]
         t0 = time.perf_counter()
-        models[variant] = build_model(name, "cpu", precision, backend)
+        models[variant] = build_model(name, "cpu", precision, backend, kernel)
         build_s[variant] = time.perf_counter() - t0
     size = next(iter(models.values())).input_size
     cases = real_slices(size, n) or {"random": (random_slices(n, size), "brain_mri")}
@@ -209,6 +239,7 @@ def model_section(name: str, variants: list[str], n: int, reps: int, batch: int)
         out["variants"][variant] = {
             "backend": models[variant].backend,
             "precision": models[variant].precision,
+            "attention": models[variant].attention,
             "s_per_slice": times[variant][len(times[variant]) // 2],
             "s_per_slice_best": times[variant][0],
             "build_s": build_s[variant],
@@ -222,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point; returns the results dict."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="demo", help="demo / aaclip-tiny (seconds) or aaclip-vitl14-336")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="precision:backend, first = reference")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="precision:backend[:attention], first = reference")  # fmt: skip
     p.add_argument("--slices", type=int, default=2, help="slices per real case")
     p.add_argument("--reps", type=int, default=1, help="timed rounds over the slices")
     p.add_argument("--batch", type=int, default=2)
@@ -251,11 +283,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _print_block(res: dict[str, Any]) -> None:
     print(f"\none vision block, batch {res['batch']}, {res['tokens']} tokens, width {res['width']}")
+    same = {("block", False): "fp32 eager", ("block", True): "bf16 weights cast once",
+            ("attention", False): "sdpa fp32", ("attention", True): "sdpa bf16"}  # fmt: skip
     for section in ("block", "attention"):
-        base = res[section]["fp32 eager" if section == "block" else "sdpa fp32"]["s"]
+        base = res[section][same[section, False]]["s"]
         for key, row in res[section].items():
-            print(f"  {section:<9} {key:<24} {row['s']:7.3f} s {row['gflops']:7.1f} GFLOP/s "
-                  f"{base / row['s']:5.2f}x  r {row['r_vs_fp32']:.6f}")  # fmt: skip
+            ref = res[section][same[section, "bf16" in key]]["s"]
+            print(f"  {section:<9} {key:<30} {row['s']:7.3f} s {row['gflops']:7.1f} GFLOP/s "
+                  f"{base / row['s']:5.2f}x  same {ref / row['s']:5.2f}x  r {row['r_vs_fp32']:.6f}")  # fmt: skip
 
 
 def _print_model(res: dict[str, Any]) -> None:

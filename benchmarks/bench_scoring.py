@@ -10,8 +10,9 @@ Sections (keys of the JSON):
   weight values) for a reference-style baseline (fp32, batch 1, text anchors re-encoded for every image, plain
   open_clip blocks under ``no_grad``) and our default path (``score_slices``: precision ``auto``, cached
   anchors, fused SDPA attention, batches, ``inference_mode``), plus the intermediate steps, measured in one run;
-  on CPU also the opt-in ``precision="int8"`` path (dynamic int8 vision linears), timed interleaved with the
-  default batch by batch.
+  on CPU also the opt-in ``precision="int8"`` path (dynamic int8 vision linears), and the default's PyTorch
+  engine with the GEMM attention kernels (``--attention``, ``aaclip_med.model.attention``), timed interleaved
+  with the default batch by batch; it prints each kernel's speed against fused SDPA on the same engine.
 - ``peak`` (``bench_peak.py``): this machine's square-matmul burst peak (fp32 and bf16), the sustained rate of the
   model's own MLP GEMM shape, and the fraction of each the model reaches (analytic FLOPs per slice,
   cross-checked with ``FlopCounterMode``).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -66,7 +68,7 @@ from aaclip_med.model.prompts import build_prompts
 def _plain_blocks() -> Iterator[None]:
     """Run the vision blocks through open_clip's own forward (nn.MultiheadAttention), as the reference code."""
     fused = aaclip_mod.sdpa_block
-    aaclip_mod.sdpa_block = lambda block, x: block(x)
+    aaclip_mod.sdpa_block = lambda block, x, *_: block(x)
     try:
         yield
     finally:
@@ -84,16 +86,19 @@ def reference_maps(model: AACLIP, x: torch.Tensor, anchors: torch.Tensor | None 
         levels = level_anomaly_maps(
             seg, anchors, model.grid(x), tuple(x.shape[-2:]), preset.blur_kernel, preset.blur_sigma
         )
-        return levels.sum(0)
+        maps: torch.Tensor = levels.sum(0)
+        return maps
 
 
-def _per_slice(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, device: torch.device) -> dict:
+def _per_slice(
+    fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, device: torch.device
+) -> dict[str, Any]:
     return _per_slice_interleaved([fn], x, batch, device)[0]
 
 
 def _per_slice_interleaved(
     fns: list[Callable[[torch.Tensor], Any]], x: torch.Tensor, batch: int, device: torch.device
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Time several paths batch by batch in turn, so that a change of machine load hits them alike."""
     for fn in fns:
         fn(x[: min(batch, 2)])  # warm-up (allocator, primitive caches, anchor cache where used)
@@ -101,7 +106,7 @@ def _per_slice_interleaved(
     outs: list[list[Any]] = [[] for _ in fns]
     for start in range(0, len(x), batch):
         for i, fn in enumerate(fns):
-            sec, out = timed(lambda s=start, f=fn: f(x[s : s + batch]), device)
+            sec, out = timed(functools.partial(fn, x[start : start + batch]), device)
             times[i].append(sec)
             outs[i].append(out)
     return [
@@ -112,12 +117,42 @@ def _per_slice_interleaved(
 
 
 # ---- 1. per-slice speed and 5. accuracy --------------------------------------------------------------------
+def _maps_of(model: AACLIP, kernel: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Maps of ``model``; with ``kernel``, scored with its vision attention set to it for the call."""
+
+    def run(b: torch.Tensor) -> torch.Tensor:
+        saved, model.attention = model.attention, kernel or model.attention
+        try:
+            maps: torch.Tensor = model.score_slices(b, PRESET, return_levels=False).maps
+            return maps
+        finally:
+            model.attention = saved
+
+    return run
+
+
+def attention_label(model: AACLIP, kernel: str, batch: int) -> str:
+    """Row name of a GEMM attention kernel in ``per_slice`` (``model``: the PyTorch engine it runs on)."""
+    return f"attention {kernel} (score_slices, {model.precision}, backend {model.backend}, batch {batch})"
+
+
 def bench_per_slice(
-    eager: AACLIP, model: AACLIP, n_ref: int, n_fast: int, batch: int, int8: AACLIP | None = None
+    eager: AACLIP,
+    model: AACLIP,
+    n_ref: int,
+    n_fast: int,
+    batch: int,
+    int8: AACLIP | None = None,
+    kernels: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """Baseline and ablation steps (``eager``: precision auto, plain PyTorch engine), then the previous default
-    (``eager``, batches), the default ``model`` (precision and backend auto) and int8, interleaved batch by batch,
-    on the same random slices; accuracy of the default maps against the fp32 reference-style maps."""
+    """Per-slice rows and accuracy of the default (and int8) maps; every row timed on the same random slices.
+
+    Baseline and ablation steps (``eager``: precision auto, plain PyTorch engine), then the previous default
+    (``eager``, batches), the default ``model`` (precision and backend auto), the GEMM attention ``kernels`` on
+    the default's PyTorch engine (``eager`` where the default runs OpenVINO) and int8, interleaved batch by
+    batch; accuracy of the default maps (and of each kernel's, row key ``accuracy``) against the fp32
+    reference-style maps.
+    """
     dev, size = model.device, model.input_size
     x = random_slices(max(n_ref, n_fast), size)
     anchors = eager.text_anchors(PRESET)
@@ -135,9 +170,14 @@ def bench_per_slice(
     if model.backend != "eager":
         paths[f"previous default (score_slices, {eager.precision}, backend eager, batch {batch})"] = eager
     paths[default_label(model, batch)] = model
+    fns = [_maps_of(m) for m in paths.values()]
+    torch_model = model if model.backend != "openvino" else eager  # the GEMM kernels run on PyTorch engines
+    for kernel in kernels:
+        paths[attention_label(torch_model, kernel, batch)] = torch_model
+        fns.append(_maps_of(torch_model, kernel))
     if int8 is not None:
         paths[f"int8 opt-in (score_slices, precision {int8.precision}, batch {batch}, inference_mode)"] = int8
-    fns = [lambda b, m=m: m.score_slices(b, PRESET, return_levels=False).maps for m in paths.values()]
+        fns.append(_maps_of(int8))
     rows.update(zip(paths, _per_slice_interleaved(fns, x[:n_fast], batch, dev), strict=True))
     ref = torch.cat(next(iter(rows.values()))["_maps"]).float().cpu()
     default_maps = torch.cat(rows[default_label(model, batch)]["_maps"]).float().cpu()
@@ -146,6 +186,11 @@ def bench_per_slice(
     if int8 is not None:
         int8_maps = torch.cat(rows[list(paths)[-1]]["_maps"]).float().cpu()
         int8_acc = agreement(int8_maps, default_maps, f"int8 vs {model.precision} default path, same slices")
+    for kernel in kernels:
+        label = attention_label(torch_model, kernel, batch)
+        maps = torch.cat(rows[label]["_maps"]).float().cpu()[:n_ref]
+        rows[label]["accuracy"] = agreement(maps, ref, f"attention {kernel} vs reference fp32")
+        rows[label]["sdpa_row"] = default_label(model, batch) if torch_model is model else list(paths)[0]
     for row in rows.values():
         row.pop("_maps")
     base = next(iter(rows.values()))["s_per_slice"]
@@ -194,8 +239,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eager = model if model.backend == "eager" else build_model(name, str(device), "auto", "eager")
     int8 = build_model(name, str(device), "int8", "eager") if args.int8 and device.type == "cpu" else None
     res["precision"], res["backend"], res["batch"] = model.precision, model.backend, args.batch_size
+    if res["machine"]["isa_emulation"] is not None:
+        check = res["machine"]["isa_emulation"]["check"]
+        print(f"  kernels under the cap: {', '.join(f'{k} {v}' for k, v in check.items())}", flush=True)
+        if model.backend == "openvino":
+            print("  note: OpenVINO honours ONEDNN_MAX_CPU_ISA in its oneDNN and JIT kernels, but runs some "
+                  "FullyConnected layers on MLAS (own ISA dispatch): the default row is not a clean emulation; "
+                  "--backend eager is", flush=True)  # fmt: skip
+    kernels = tuple(k for k in args.attention.split(",") if k and k != "none")
     res["per_slice"], res["accuracy"], res["accuracy_int8"] = bench_per_slice(
-        eager, model, n_ref, n_fast, args.batch_size, int8
+        eager, model, n_ref, n_fast, args.batch_size, int8, kernels
     )
     _print_speed(res)
     fast_s = res["per_slice"][default_label(model, args.batch_size)]["s_per_slice"]
@@ -255,6 +308,11 @@ def _print_speed(res: dict[str, Any]) -> None:
         if acc:
             print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} "
                   "(guard >= 0.999)")
+    for label, row in res["per_slice"].items():  # what decides attention="auto" (benchmarks/README.md)
+        if "sdpa_row" in row:
+            sdpa, acc = res["per_slice"][row["sdpa_row"]]["s_per_slice"], row["accuracy"]
+            print(f"  {label.split(' (')[0]} vs fused SDPA on the same engine: {sdpa / row['s_per_slice']:.2f}x "
+                  f"(> 1: faster), maps vs reference fp32 r {acc['pearson_r']:.6f}")
 
 
 def _print_rest(res: dict[str, Any]) -> None:
@@ -336,6 +394,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed-only", action="store_true", help="per-slice, peak and profile sections only")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 row (CPU only anyway)")
     p.add_argument("--backend", default="auto", help="backend of the default row (auto: what users get)")
+    p.add_argument(
+        "--attention",
+        default="matmul,blocked",
+        help="GEMM attention kernels timed against fused SDPA on the default's PyTorch engine ('none': skip)",
+    )
     p.add_argument(
         "--short",
         action="store_true",

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -42,6 +43,19 @@ def test_sustained_gemm_has_the_mlp_shape(bench: ModuleType) -> None:
     assert gemm["reps"] >= 5 and gemm["gflops_min"] <= gemm["gflops"] <= gemm["gflops_max"]
 
 
+def test_isa_line_names_an_emulated_isa(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    common = sys.modules["bench_common"]
+    monkeypatch.setattr(common, "isa_check", dict)  # no child process here
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "")
+    assert common.isa_line().startswith("CPU: ")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert common.isa_line().startswith(f"ISA restricted to avx2 on {common.machine_cpu()} (emulation by ONEDNN")
+    machine = common.machine(torch.device("cpu"))
+    assert machine["isa"] == "avx2" and machine["isa_emulation"]["restricted_to"] == "avx2"
+
+
 def test_plain_blocks_match_fused_path(bench: ModuleType) -> None:
     model = bench.build_model("aaclip-tiny", "cpu", "fp32")  # pinned: "auto" is bf16 on AMX CPUs (issue 16)
     x = bench.random_slices(2, model.input_size)
@@ -69,7 +83,11 @@ def test_quick_run_writes_all_sections(bench: ModuleType, tmp_path: Path) -> Non
     ):
         assert key in res, key
     rows = list(res["per_slice"].values())
-    assert len(rows) == 5 and all(r["s_per_slice"] > 0 for r in rows)  # 3 reference steps, default, int8
+    assert len(rows) == 7 and all(r["s_per_slice"] > 0 for r in rows)  # 3 reference, default, 2 kernels, int8
+    kernels = [r for k, r in res["per_slice"].items() if k.startswith("attention ")]
+    assert len(kernels) == 2 and all(r["sdpa_row"] in res["per_slice"] for r in kernels)
+    assert all(r["accuracy"]["pearson_r"] > 0.9999 for r in kernels)  # fp32 GEMM kernels = SDPA
+    assert list(res["per_slice"])[-1].startswith("int8")  # targets read int8 from the last row
     assert res["accuracy_int8"]["pearson_r"] > 0.999
     assert res["peak"]["matmul"]["fp32"]["gflops"] > 0
     assert 0 < res["peak"]["fraction_of_sustained_gemm"] and res["peak"]["sustained_gemm"]["gflops"] > 0

@@ -21,10 +21,11 @@ from aaclip_med._version import __version__
 from aaclip_med.config import ModalityPreset, get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
+from aaclip_med.model.attention import self_attention
 from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
-from aaclip_med.model.quantize import Int8SelfAttention, fused_self_attention
+from aaclip_med.model.quantize import Int8SelfAttention
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
@@ -71,18 +72,19 @@ def derive_layout(vision_layers: int, text_layers: int) -> Layout:
     return Layout(taps, max(1, vision_layers // 4), max(1, text_layers // 4), taps[0])
 
 
-def sdpa_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+def sdpa_block(block: ResidualAttentionBlock, x: torch.Tensor, attention: str = "sdpa") -> torch.Tensor:
     """An open_clip ``ResidualAttentionBlock`` (batch-first, self-attention, no mask) through fused SDPA.
 
     Same maths and weights as ``block(x)``; ``nn.MultiheadAttention`` runs a slower unfused path on CPU
-    (about 25% of a ViT-L block at 1370 tokens, benchmarks/README.md).
+    (about 25% of a ViT-L block at 1370 tokens, benchmarks/README.md). ``attention`` names the kernel of the
+    attention core (:func:`aaclip_med.model.attention.self_attention`; int8 blocks always use SDPA).
     """
     attn, h = block.attn, block.ln_1(x)
     if isinstance(attn, Int8SelfAttention):  # precision "int8" (aaclip_med.model.quantize)
         out = attn(h)[0]
     else:
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        out = attn.out_proj(fused_self_attention(qkv, attn.num_heads))
+        out = attn.out_proj(self_attention(qkv, attn.num_heads, attention))
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))  # type: ignore[no-any-return]
 
@@ -119,6 +121,7 @@ class AACLIP(nn.Module):
         self.input_size = input_size
         self.precision = precision
         self.backend = "eager"  # engine of the vision path in score_slices (aaclip_med.model.backends)
+        self.attention = "sdpa"  # kernel of the vision blocks' attention core (aaclip_med.model.attention)
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.backbone_info = backbone_info
@@ -222,7 +225,7 @@ class AACLIP(nn.Module):
         x = self._embed(x)
         taps = []
         for i, block in enumerate(self.clip.visual.transformer.resblocks):
-            x = sdpa_block(block, x)
+            x = sdpa_block(block, x, self.attention)
             if i < self.layout.image_adapt_until:
                 x = residual_blend(x, self.image_adapter.layer_adapters[i](x), self.lam_image)
             if i + 1 in self.layout.taps:
@@ -236,7 +239,7 @@ class AACLIP(nn.Module):
         slower per image than at 1-2, as activations leave the cache (benchmarks/README.md).
         """
         if x.device.type == "cpu" and not torch.is_grad_enabled() and len(x) > CPU_CHUNK:
-            parts = [self.encode_levels(chunk) for chunk in x.split(CPU_CHUNK)]
+            parts = [self.encode_levels(chunk) for chunk in torch.split(x, CPU_CHUNK)]
             return [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)], torch.cat(
                 [p[1] for p in parts]
             )
@@ -336,6 +339,7 @@ class AACLIP(nn.Module):
             "quick_gelu": self.spec.quick_gelu,
             "precision": self.precision,
             "backend": self.backend,
+            "attention": self.attention,
             "adapters": dict(self.adapter_info),
             "threshold": self.threshold,
             "aaclip_med_version": __version__,
@@ -347,7 +351,8 @@ class AACLIP(nn.Module):
         Returns:
             The written path.
         """
-        meta = {k: v for k, v in self.metadata().items() if k not in ("adapters", "precision", "backend")}
+        runtime = ("adapters", "precision", "backend", "attention")  # how this run computes, not what was trained
+        meta = {k: v for k, v in self.metadata().items() if k not in runtime}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))
 

@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND_ENV",
     "CACHE_ENV",
+    "auto_choice",
     "Engine",
     "VisionPath",
     "build_engine",
     "check_trainable_backend",
     "cpu_isa",
+    "isa_cap",
     "openvino_available",
     "openvino_cache_key",
     "resolve_backend",
@@ -53,11 +55,40 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "AACLIP_MED_BACKEND"  # overrides what backend "auto" resolves to (resolve_backend)
+ISA_CAP_ENVS = (  # variables that cap the kernels' ISA (isa_cap; benchmarks/README.md, "AVX2 emulation")
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+)
 CACHE_ENV = "AACLIP_MED_CACHE_DIR"  # where converted OpenVINO models are kept (default ~/.cache/aaclip-med)
 Engine = Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
 OPENVINO_MIN_WIDTH = 512  # auto uses OpenVINO from ViT-B widths up (the width-64 test model: 3x slower than eager)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: int8 weights, see below
+
+
+def auto_choice(value: str, allowed: tuple[str, ...], name: str, env_var: str, noun: str) -> str:
+    """``value``, its ``auto`` replaced by ``$env_var`` where that is set to another value than ``auto``.
+
+    How ``AACLIP_MED_PRECISION``, ``AACLIP_MED_BACKEND`` and ``AACLIP_MED_ATTENTION`` override ``auto`` (an
+    explicit value is never overridden). ``noun`` names a value in the error (``"a backend"``).
+
+    Raises:
+        ConfigError: ``value``, or the variable, is not one of ``allowed``.
+    """
+    if value == "auto":
+        env = os.environ.get(env_var, "").strip().lower()
+        if env not in ("", "auto"):
+            if env not in allowed:
+                msg = f"{env_var}={env!r} is not {noun}; set it to one of {', '.join(allowed)} or unset it."
+                raise ConfigError(msg)
+            value = env
+    if value not in allowed:
+        msg = f"{name}={value!r} is not valid; use {', '.join(allowed)}."
+        raise ConfigError(msg)
+    return value
 
 
 def _cpu_flags() -> set[str]:
@@ -69,13 +100,44 @@ def _cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def cpu_isa() -> str:
-    """The widest matrix ISA of this CPU: ``amx`` (AMX-BF16), ``avx512``, ``avx2`` or ``other`` (no cpuinfo)."""
+def _cap_of(var: str, value: str) -> str | None:
+    """The ISA class an ISA-cap variable's value allows at most; None where it does not cap below AMX."""
+    value = value.strip().upper()
+    if var == "ATEN_CPU_CAPABILITY":  # ATen's own vector kernels; matmuls are oneDNN's/MKL's (their own caps)
+        return {"AVX2": "avx2", "DEFAULT": "other"}.get(value)
+    if not value or value == "ALL" or "AMX" in value or value.startswith("AVX512_E"):  # MKL's E4/E5: AMX
+        return None
+    if value.startswith(("AVX512", "AVX10")):
+        return "avx512"
+    return "avx2" if value.startswith("AVX2") else "other"  # SSE41, AVX, SSE4_2
+
+
+def isa_cap() -> tuple[str, dict[str, str]] | None:
+    """The ISA class the environment restricts the kernels to, with the variables that do it; None: no cap.
+
+    Read: ``ATEN_CPU_CAPABILITY`` (PyTorch's vector kernels), ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``
+    (oneDNN: torch's bf16 matmuls and convolutions, and OpenVINO's CPU plugin), ``MKL_ENABLE_INSTRUCTIONS`` (MKL:
+    torch's fp32 matmuls) and ``FBGEMM_ENABLE_INSTRUCTIONS`` (fbgemm: torch's int8 linears). The lowest cap set
+    wins (benchmarks/README.md, "AVX2 emulation").
+    """
+    order = ("other", "avx2", "avx512", "amx")
+    found = {v: os.environ[v] for v in ISA_CAP_ENVS if os.environ.get(v, "").strip()}
+    caps = [c for var, value in found.items() if (c := _cap_of(var, value)) is not None]
+    return (min(caps, key=order.index), found) if caps else None
+
+
+def cpu_isa(honour_cap: bool = True) -> str:
+    """The widest matrix ISA usable here: ``amx`` (AMX-BF16), ``avx512``, ``avx2`` or ``other`` (no cpuinfo).
+
+    From the CPU flags, lowered to :func:`isa_cap` when the environment restricts the kernels (unless
+    ``honour_cap`` is False: the hardware's own class).
+    """
     flags = _cpu_flags()
-    for isa, flag in (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
-        if flag in flags:
-            return isa
-    return "other"
+    order = ("other", "avx2", "avx512", "amx")
+    widest = (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2"))
+    isa = next((isa for isa, flag in widest if flag in flags), "other")
+    cap = isa_cap() if honour_cap else None
+    return isa if cap is None else min(isa, cap[0], key=order.index)
 
 
 def openvino_available() -> bool:
@@ -83,33 +145,29 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_backend(backend: str, device: torch.device, precision: str, vision_width: int | None = None) -> str:
+def resolve_backend(
+    backend: str, device: torch.device, precision: str, vision_width: int | None = None, openvino_ok: bool = True
+) -> str:
     """Resolve ``auto`` to the measured-fastest backend for the device, the resolved precision and the model size.
 
     CUDA, and ``int8`` (torch dynamic quantisation), run ``eager``. On CPU, ``openvino`` when installed and the
     vision tower is at least :data:`OPENVINO_MIN_WIDTH` wide (ViT-L: faster than eager fp32, maps r 0.999999;
     the tiny test models run faster eager; benchmarks/README.md), else ``cast`` for bf16/fp16 (weights cast once
     beat autocast) and ``eager`` for fp32. ``vision_width`` None (model not built yet): only checks the value.
+    ``openvino_ok`` False (a GEMM attention kernel was asked for, :mod:`aaclip_med.model.attention`): ``auto``
+    stays on the PyTorch backends.
     ``AACLIP_MED_BACKEND`` (:data:`BACKEND_ENV`), when set to another value than ``auto``, replaces that choice;
     an explicit ``backend`` is never overridden.
 
     Raises:
         ConfigError: unknown value, or a backend that cannot run this device/precision.
     """
-    if backend == "auto":
-        env = os.environ.get(BACKEND_ENV, "").strip().lower()
-        if env not in ("", "auto"):
-            if env not in BACKENDS:
-                msg = f"{BACKEND_ENV}={env!r} is not a backend; set one of {', '.join(BACKENDS)} or unset it."
-                raise ConfigError(msg)
-            backend = env
-    if backend not in BACKENDS:
-        msg = f"backend={backend!r} is not valid; use {', '.join(BACKENDS)}."
-        raise ConfigError(msg)
+    backend = auto_choice(backend, BACKENDS, "backend", BACKEND_ENV, "a backend")
     if backend == "auto":
         if device.type != "cpu" or precision == "int8":
             return "eager"
-        if openvino_available() and (vision_width is None or vision_width >= OPENVINO_MIN_WIDTH):
+        wide = vision_width is None or vision_width >= OPENVINO_MIN_WIDTH
+        if openvino_ok and openvino_available() and wide:
             return "openvino"
         return "cast" if precision in _DTYPES else "eager"
     if precision == "int8" and backend not in ("eager", "openvino"):
@@ -151,7 +209,7 @@ class VisionPath(nn.Module):
         self.__dict__["model"] = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The model's adapted vision features of ``x`` (B, 3, H, W): ``(*seg_levels, det)``."""
+        """``(*seg_levels, det)`` of :meth:`AACLIP.encode_levels`."""
         seg, det = self.__dict__["model"].encode_levels(x)
         return (*seg, det)
 
@@ -274,7 +332,7 @@ def _openvino_engine(model: AACLIP) -> Engine:
     def engine(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         from aaclip_med.model.aaclip import CPU_CHUNK  # batches of 8 in chunks of 2: activations stay small
 
-        parts = [run(chunk) for chunk in x.split(CPU_CHUNK)]
+        parts = [run(chunk) for chunk in torch.split(x, CPU_CHUNK)]
         return _split([torch.cat(level) for level in zip(*parts, strict=True)])
 
     return engine
@@ -291,7 +349,7 @@ def _release_vision_weights(model: AACLIP) -> None:
 def build_engine(model: AACLIP) -> Engine:
     """The engine of ``model.backend`` (not ``eager``: that one is the model itself).
 
-    ``cast``/``compile`` cast the vision weights once.
+    ``cast`` and ``compile`` cast the vision weights once; ``openvino`` converts (or loads) the vision path.
     """
     if model.backend == "openvino":
         return _openvino_engine(model)

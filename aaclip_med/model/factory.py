@@ -21,7 +21,8 @@ from aaclip_med._typing import PathLike
 from aaclip_med.config import PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
-from aaclip_med.model.backends import cpu_isa, resolve_backend
+from aaclip_med.model.attention import resolve_attention
+from aaclip_med.model.backends import auto_choice, cpu_isa, resolve_backend
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.weights import (
     AdapterSource,
@@ -186,20 +187,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Raises:
         ConfigError: unknown value (argument or environment variable), or ``int8`` on a non-CPU device.
     """
-    if precision == "auto":
-        env = os.environ.get(PRECISION_ENV, "").strip().lower()
-        if env not in ("", "auto"):
-            if env not in PRECISIONS:
-                msg = (
-                    f"{PRECISION_ENV}={env!r} is not a precision; set it to one of {', '.join(PRECISIONS)} "
-                    "or unset it."
-                )
-                raise ConfigError(msg)
-            logger.info("precision auto -> %s from %s", env, PRECISION_ENV)
-            precision = env
-    if precision not in PRECISIONS:
-        msg = f"precision={precision!r} is not valid; use {', '.join(PRECISIONS)}."
-        raise ConfigError(msg)
+    asked, precision = precision, auto_choice(precision, PRECISIONS, "precision", PRECISION_ENV, "a precision")
+    if asked != precision:
+        logger.info("precision auto -> %s from %s", precision, PRECISION_ENV)
     if precision == "int8" and device.type != "cpu":
         msg = (
             f"precision='int8' on device {device}: int8 dynamic quantisation runs on CPU only; "
@@ -269,6 +259,7 @@ def create_model(
     seed: int = 0,
     trust_pickle: bool = False,
     backend: str = "auto",
+    attention: str = "auto",
 ) -> AACLIP:
     """Build an AA-CLIP model from the registry.
 
@@ -287,6 +278,8 @@ def create_model(
         trust_pickle: Allow full-pickle ``.pth`` files (they can run code).
         backend: Engine of the vision path at inference (:mod:`aaclip_med.model.backends`): ``auto`` (the
             measured fastest here), ``eager``, ``cast``, ``compile`` or ``openvino``. Training needs ``eager``.
+        attention: Kernel of the vision blocks' attention core (:mod:`aaclip_med.model.attention`): ``auto``
+            (fused SDPA; ``$AACLIP_MED_ATTENTION`` replaces it), ``sdpa``, ``matmul`` or ``blocked``.
 
     Returns:
         The model in eval mode with a frozen backbone.
@@ -303,7 +296,8 @@ def create_model(
     spec = get_spec(name)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)  # all three checked before the slow backbone build
-    resolve_backend(backend, dev, prec)
+    gemm_attention = attention not in ("auto", "sdpa")  # an explicit GEMM kernel: auto stays off OpenVINO
+    resolve_attention(attention, resolve_backend(backend, dev, prec, openvino_ok=not gemm_attention))
     size = image_size or spec.image_size
     source = adapter_weights
     if source is None and spec.default_adapters is not None:
@@ -330,7 +324,8 @@ def create_model(
         xavier_init_(model.image_adapter)
         xavier_init_(model.text_adapter)
     # the engine itself is built on the first scored batch (AACLIP.score_slices)
-    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width)
+    model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width, not gemm_attention)
+    model.attention = resolve_attention(attention, model.backend)
     if prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
         from aaclip_med.model.quantize import quantize_vision_
 
@@ -340,8 +335,14 @@ def create_model(
     else:
         model.load_adapters(ckpt)
     logger.info(
-        "Built %s (%s, %s backbone) on %s, %s, backend %s", name, spec.arch, info["source"], dev, prec,
+        "Built %s (%s, %s backbone) on %s, %s, backend %s, attention %s",
+        name,
+        spec.arch,
+        info["source"],
+        dev,
+        prec,
         model.backend,
+        model.attention,
     )
     return model.to(dev).eval()
 

@@ -5,7 +5,8 @@ activations are quantised per call from their observed range. Quantised per visi
 
 - the MLP (``mlp.c_fc``, ``mlp.c_proj``);
 - the attention projections: ``attn`` (an ``nn.MultiheadAttention``) is replaced by :class:`Int8SelfAttention`,
-  which holds ``in_proj`` and ``out_proj`` as quantised linears and runs the fused SDPA core in fp32.
+  which holds ``in_proj`` and ``out_proj`` as quantised linears and runs the fused SDPA core in fp32 (the
+  ``attention`` choice of :mod:`aaclip_med.model.attention` does not apply to int8 blocks).
 
 The patch embedding, ``ln_*``, the adapters, seg/det projections and the text tower stay fp32 (the text anchors
 are computed once per preset and cached). Inference only: the quantised layers have no gradient, so
@@ -22,23 +23,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from aaclip_med.model.attention import self_attention
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP
 
-__all__ = ["Int8SelfAttention", "fused_self_attention", "quantize_vision_", "quantized_linear"]
+__all__ = ["Int8SelfAttention", "quantize_vision_", "quantized_linear"]
 
 logger = logging.getLogger(__name__)
-
-
-def fused_self_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Multi-head self-attention core over packed ``qkv`` (B,N,3W) -> (B,N,W), by fused SDPA, no mask."""
-    batch, tokens, width3 = qkv.shape
-    width = width3 // 3
-    q, k, v = qkv.view(batch, tokens, 3, num_heads, width // num_heads).permute(2, 0, 3, 1, 4)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
 
 
 @contextlib.contextmanager
@@ -112,7 +106,7 @@ class Int8SelfAttention(nn.Module):
         if need_weights or attn_mask is not None or any(t is not None and t is not query for t in (key, value)):
             msg = "Int8SelfAttention supports unmasked self-attention without weights only"
             raise NotImplementedError(msg)
-        return self.out_proj(fused_self_attention(self.in_proj(query), self.num_heads)), None
+        return self.out_proj(self_attention(self.in_proj(query), self.num_heads)), None
 
 
 def quantize_vision_(clip: CLIP, attention: bool = True) -> dict[str, int]:

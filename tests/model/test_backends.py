@@ -80,6 +80,26 @@ def test_cpu_isa_from_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         assert factory._cpu_has_bf16() is (isa == "amx")  # avx512_bf16 without AMX measured slower than fp32
 
 
+def test_isa_cap_lowers_cpu_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS emulate a smaller ISA (the AVX2 runs)."""
+    from aaclip_med.model import factory
+
+    monkeypatch.setattr(backends, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    for var in backends.ISA_CAP_ENVS:
+        monkeypatch.delenv(var, raising=False)
+    assert (backends.cpu_isa(), backends.isa_cap()) == ("amx", None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # does not cap below AMX
+    assert backends.cpu_isa() == "amx" and factory._cpu_has_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert backends.cpu_isa() == "avx512" and not factory._cpu_has_bf16()  # auto precision: fp32
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    envs = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+    assert backends.isa_cap() == ("avx2", envs)
+    assert (backends.cpu_isa(), backends.cpu_isa(honour_cap=False)) == ("avx2", "amx")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
+    assert backends.cpu_isa() == "other"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cast_backend_matches_eager(tiny: AACLIP, make_tiny: Callable[..., AACLIP], precision: str) -> None:
     x = _x()
