@@ -20,10 +20,10 @@ from aaclip_med._version import __version__
 # public name -> module that defines it; resolved lazily (PEP 562)
 _EXPORTS: dict[str, str] = {
     "AACLIPMedError": "aaclip_med.errors",
-    "MODALITY_PRESETS": "aaclip_med.config",
+    "MODALITY_PRESETS": "aaclip_med.presets",
     "RunConfig": "aaclip_med.config",
     "TrainConfig": "aaclip_med.config",
-    "get_preset": "aaclip_med.config",
+    "get_preset": "aaclip_med.presets",
     "load_run_config": "aaclip_med.config",
     "load_train_config": "aaclip_med.config",
     "Volume": "aaclip_med.volume",
@@ -76,14 +76,7 @@ __all__ = [
 if TYPE_CHECKING:
     from aaclip_med.cohort.evaluate import evaluate
     from aaclip_med.cohort.runner import run_cohort
-    from aaclip_med.config import (
-        MODALITY_PRESETS,
-        RunConfig,
-        TrainConfig,
-        get_preset,
-        load_run_config,
-        load_train_config,
-    )
+    from aaclip_med.config import RunConfig, TrainConfig, load_run_config, load_train_config
     from aaclip_med.errors import AACLIPMedError
     from aaclip_med.inference import VolumeResult, score_volume
     from aaclip_med.io import describe_volume, read_volume, write_nifti
@@ -91,6 +84,7 @@ if TYPE_CHECKING:
     from aaclip_med.model.factory import create_model, list_models
     from aaclip_med.organ import read_organ_mask
     from aaclip_med.pipeline import RunOutputs, run_study
+    from aaclip_med.presets import MODALITY_PRESETS, get_preset
     from aaclip_med.training import train
     from aaclip_med.transforms import slice_transform
     from aaclip_med.volume import Volume, stack_slices

@@ -11,8 +11,8 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-    from aaclip_med.config import ModalityPreset
     from aaclip_med.model.aaclip import SliceOutput
+    from aaclip_med.presets import ModalityPreset
 
 PathLike: TypeAlias = "str | os.PathLike[str]"
 Array: TypeAlias = npt.NDArray[Any]

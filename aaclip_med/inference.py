@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aaclip_med._typing import SliceScorer
-from aaclip_med.config import InferenceConfig, ModalityPreset, get_preset, preset_for_modality
+from aaclip_med.config import InferenceConfig
 from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.postprocess import (
     UNSCORED_MARGIN,
@@ -24,6 +24,7 @@ from aaclip_med.postprocess import (
     remove_small_components,
     threshold_map,
 )
+from aaclip_med.presets import ModalityPreset, get_preset, preset_for_modality
 from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform, volume_window
 from aaclip_med.volume import Volume, stack_slices
 

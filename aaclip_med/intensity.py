@@ -14,8 +14,8 @@ import numpy as np
 from scipy import ndimage
 
 from aaclip_med._typing import Array
-from aaclip_med.config import ForegroundRule, WindowConfig
 from aaclip_med.errors import ConfigError
+from aaclip_med.presets import ForegroundRule, WindowConfig
 
 __all__ = ["body_mask", "foreground_mask", "foreground_values", "volume_window", "window_bounds"]
 

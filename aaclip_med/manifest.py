@@ -79,7 +79,7 @@ def _label(value: str, where: str) -> int | None:
 
 
 def _preset(value: str, where: str) -> str | None:
-    from aaclip_med.config import MODALITY_PRESETS
+    from aaclip_med.presets import MODALITY_PRESETS
 
     if value == "":
         return None

@@ -35,8 +35,8 @@ from monai.utils.type_conversion import convert_to_dst_type
 
 from aaclip_med import transforms
 from aaclip_med._typing import Array
-from aaclip_med.config import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError
+from aaclip_med.presets import ModalityPreset, WindowConfig, get_preset
 
 __all__ = ["CLIPInputd", "ModelInputd", "PresetForegroundd", "PresetWindowd"]
 

@@ -75,7 +75,7 @@ def _dicom_blocker(volume: Volume, cfg: RunConfig) -> str | None:
 
 def _check_names(config: RunConfig, model: AACLIP | None) -> None:
     """Fail on an unknown preset or model name before any slow reading or model building."""
-    from aaclip_med.config import get_preset
+    from aaclip_med.presets import get_preset
 
     if config.preset is not None:
         get_preset(config.preset)

@@ -24,9 +24,9 @@ from monai.transforms.spatial.array import Resize
 from monai.transforms.utility.array import RepeatChannel
 
 from aaclip_med._typing import Array, Array2D
-from aaclip_med.config import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.intensity import body_mask, foreground_mask, foreground_values, volume_window, window_bounds
+from aaclip_med.presets import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.volume import replace_nan
 
 __all__ = [
@@ -88,7 +88,7 @@ class SliceTransform:
     """2D slice -> (3, size, size) CLIP-normalised float32 tensor, for one preset.
 
     Attributes:
-        preset: The resolved :class:`~aaclip_med.config.ModalityPreset`.
+        preset: The resolved :class:`~aaclip_med.presets.ModalityPreset`.
         size: Output side length in pixels.
     """
 

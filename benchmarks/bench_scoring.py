@@ -57,10 +57,11 @@ from bench_targets import print_targets, targets
 from bench_volume import bench_cohort, end_to_end, measure_rss
 
 import aaclip_med.model.aaclip as aaclip_mod
-from aaclip_med.config import InferenceConfig, get_preset
+from aaclip_med.config import InferenceConfig
 from aaclip_med.model import AACLIP
 from aaclip_med.model.maps import level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
+from aaclip_med.presets import get_preset
 
 
 # ---- reference path and per-slice timing -------------------------------------------------------------------

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from bench_common import ROOT, machine
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from aaclip_med.config import get_preset
 from aaclip_med.intensity import foreground_mask, volume_window
 from aaclip_med.model import create_model
 from aaclip_med.model.aaclip import AACLIP
+from aaclip_med.presets import get_preset
 from aaclip_med.reference.build import FULL_WINDOW
 from aaclip_med.transforms import slice_transform
 

@@ -39,9 +39,10 @@ CT_SAMPLE = ROOT / "datasets" / "samples" / "hcc048_ct"
 def calibrate(checkpoint: Path, data: Path) -> dict[str, float]:
     """Per-preset thresholds of the demo model (module docstring); rewrites ``checkpoint``'s metadata."""
     from aaclip_med import create_model, read_volume
-    from aaclip_med.config import InferenceConfig, get_preset
+    from aaclip_med.config import InferenceConfig
     from aaclip_med.inference import score_volume
     from aaclip_med.model.weights import read_adapters, write_adapters
+    from aaclip_med.presets import get_preset
     from aaclip_med.transforms import foreground_mask
 
     recipe = tomllib.loads((ROOT / "pipelines" / "train_demo.toml").read_text(encoding="utf-8"))

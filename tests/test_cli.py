@@ -63,7 +63,7 @@ def test_readme_main_command_on_the_bundled_sample(tmp_path: Path) -> None:
 
 def test_demo_has_a_threshold_for_every_preset() -> None:
     from aaclip_med import create_model
-    from aaclip_med.config import MODALITY_PRESETS
+    from aaclip_med.presets import MODALITY_PRESETS
 
     model = create_model("demo", device="cpu")
     assert set(model.preset_thresholds) == set(MODALITY_PRESETS)

@@ -9,10 +9,11 @@ import torch
 from monai.inferers import SliceInferer
 
 from aaclip_med._typing import SliceScorer
-from aaclip_med.config import InferenceConfig, get_preset
+from aaclip_med.config import InferenceConfig
 from aaclip_med.inference import VolumeResult, score_volume
 from aaclip_med.io import read_volume
 from aaclip_med.model import AACLIP
+from aaclip_med.presets import get_preset
 from aaclip_med.transforms import foreground_mask, inverse_resize, slice_transform, volume_window
 from aaclip_med.volume import Volume, stack_slices
 from tests.model.conftest import build_tiny

@@ -10,11 +10,11 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Orientationd
 
-from aaclip_med.config import get_preset
 from aaclip_med.errors import ConfigError, DicomSeriesError, UnsupportedFormatError
 from aaclip_med.io import read_volume
 from aaclip_med.monai_io import AACLIPMedReader, to_volume
 from aaclip_med.monai_transforms import CLIPInputd, ModelInputd, PresetForegroundd, PresetWindowd
+from aaclip_med.presets import get_preset
 from aaclip_med.transforms import foreground_mask, slice_transform, window
 from aaclip_med.volume import Volume
 from tests.conftest import SeriesSpec, build_series

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aaclip_med.config import ForegroundRule, WindowConfig, get_preset
+from aaclip_med.presets import ForegroundRule, WindowConfig, get_preset
 from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, inverse_resize, slice_transform, window
 
 MEAN = torch.tensor(CLIP_MEAN)[:, None, None]

@@ -12,11 +12,12 @@ import pydicom
 import pytest
 
 from aaclip_med.cohort import evaluate
-from aaclip_med.config import ExportConfig, ForegroundRule, InferenceConfig, RunConfig, get_preset
+from aaclip_med.config import ExportConfig, InferenceConfig, RunConfig
 from aaclip_med.inference import score_volume
 from aaclip_med.intensity import body_mask, foreground_mask, volume_window
 from aaclip_med.io import read_volume
 from aaclip_med.pipeline import run_study
+from aaclip_med.presets import ForegroundRule, get_preset
 from aaclip_med.report.overlays import _heat_rgba, volume_overlay_slices
 from aaclip_med.transforms import slice_transform
 from tests.conftest import build_series

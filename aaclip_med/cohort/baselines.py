@@ -82,10 +82,10 @@ class RegionSet:
             label: Organ label of a multi-label map (None: > 0).
         """
         from aaclip_med import metrics
-        from aaclip_med.config import get_preset
         from aaclip_med.intensity import foreground_mask
         from aaclip_med.io import read_volume
         from aaclip_med.organ import read_organ_mask
+        from aaclip_med.presets import get_preset
 
         if str(image).startswith("sha256:"):
             why = (

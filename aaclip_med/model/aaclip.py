@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from aaclip_med._version import __version__
-from aaclip_med.config import ModalityPreset, get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
 from aaclip_med.model.attention import self_attention
@@ -29,6 +28,7 @@ from aaclip_med.model.quantize import Int8SelfAttention
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
+from aaclip_med.presets import ModalityPreset, get_preset
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from aaclip_med.config import PromptConfig
 from aaclip_med.errors import ConfigError, did_you_mean
+from aaclip_med.presets import PromptConfig
 
 __all__ = ["PROMPT_SETS", "REFERENCE_TEMPLATES", "PromptSet", "build_prompts"]
 

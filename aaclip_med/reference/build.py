@@ -39,12 +39,12 @@ import torch.nn.functional as F
 
 from aaclip_med._typing import PathLike
 from aaclip_med._version import __version__
-from aaclip_med.config import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.discovery import load_cases
 from aaclip_med.errors import ConfigError, ManifestError
 from aaclip_med.intensity import foreground_mask, volume_window
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.maps import level_anomaly_maps
+from aaclip_med.presets import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.reference.calibration import Candidates, calibrate
 from aaclip_med.reference.memory import PatchMemory, identity, save_memory
 from aaclip_med.transforms import slice_transform

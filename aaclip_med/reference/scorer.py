@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from aaclip_med._typing import SliceScorer
-from aaclip_med.config import InferenceConfig, ModalityPreset, WindowConfig, get_preset
+from aaclip_med.config import InferenceConfig
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.aaclip import AACLIP, Layout, SliceOutput
 from aaclip_med.model.maps import gaussian_blur, level_anomaly_maps
+from aaclip_med.presets import ModalityPreset, WindowConfig, get_preset
 from aaclip_med.reference.memory import PatchMemory, check_memory, load_memory, nearest_distance
 
 __all__ = ["REFERENCE_THRESHOLD", "ReferenceScorer", "attach_reference", "blur_kernel", "memory_grid"]

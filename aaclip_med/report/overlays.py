@@ -19,9 +19,9 @@ import numpy as np
 
 from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
-from aaclip_med.config import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 from aaclip_med.errors import ConfigError, GeometryError
 from aaclip_med.intensity import foreground_mask, foreground_values, window_bounds
+from aaclip_med.presets import ForegroundRule, ModalityPreset, WindowConfig, get_preset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from aaclip_med._files import TRAINING_OUTPUTS, atomic_path, check_output_folder
-from aaclip_med.config import TrainConfig, get_preset
+from aaclip_med.config import TrainConfig
 from aaclip_med.errors import OutputError
 from aaclip_med.manifest import read_manifest
 from aaclip_med.model.factory import create_model
 from aaclip_med.model.prompts import build_prompts
+from aaclip_med.presets import get_preset
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.calibrate import choose_threshold, collect_validation
 from aaclip_med.training.data import SliceDataset, build_datasets

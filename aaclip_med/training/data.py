@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aaclip_med.config import get_preset, preset_for_modality
 from aaclip_med.errors import AACLIPMedError, ManifestError
 from aaclip_med.io import read_volume
 from aaclip_med.manifest import Case
 from aaclip_med.organ import read_organ_mask
+from aaclip_med.presets import get_preset, preset_for_modality
 from aaclip_med.training.augment import Augmenter
 from aaclip_med.training.layouts import is_2d_image
 from aaclip_med.transforms import CLIP_MEAN, CLIP_STD, foreground_mask, slice_transform, volume_window

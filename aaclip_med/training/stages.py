@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from aaclip_med.config import get_preset
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.maps import training_probs
 from aaclip_med.model.prompts import build_prompts
+from aaclip_med.presets import get_preset
 from aaclip_med.training.calibrate import collect_validation
 from aaclip_med.training.data import SliceDataset
 from aaclip_med.training.losses import ORTH_WEIGHT, detection_loss, orthogonality_loss, seg_loss

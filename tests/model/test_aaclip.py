@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from aaclip_med.config import get_preset
 from aaclip_med.errors import ConfigError
 from aaclip_med.model import AACLIP
+from aaclip_med.presets import get_preset
 
 
 def _x(batch: int = 2, seed: int = 0) -> torch.Tensor:

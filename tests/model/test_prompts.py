@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aaclip_med.config import MODALITY_PRESETS, PromptConfig
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.prompts import PROMPT_SETS, build_prompts
+from aaclip_med.presets import MODALITY_PRESETS, PromptConfig
 
 
 def test_reference_set_matches_spec() -> None:
