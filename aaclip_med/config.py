@@ -309,29 +309,29 @@ def load_run_config(path: str | Path) -> RunConfig:
     return cfg
 
 
-def load_train_config(path: str | Path, table: str | None = None) -> TrainConfig:
-    """Read a training TOML (the :class:`TrainConfig` fields as keys, ``description`` allowed) into a TrainConfig.
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a training TOML into a TrainConfig.
+
+    The settings are the :class:`TrainConfig` fields, either at the top level (``description`` allowed) or in a
+    ``[train]`` table, as in ``pipelines/train_demo.toml``; with a ``[train]`` table the file's other keys belong
+    to its owner (a recipe's data paths) and are not read here.
 
     Args:
         path: The TOML file.
-        table: Read the keys of this table (``train`` in ``pipelines/train_demo.toml``) instead of the top level;
-            the file's other keys are then left to its owner.
 
     Raises:
-        ConfigError: the file is missing, not valid TOML, lacks ``table``, or has unknown keys or bad values.
+        ConfigError: the file is missing, not valid TOML, or has unknown keys or bad values.
 
     Example:
-        >>> cfg = load_train_config("pipelines/train_demo.toml", table="train")  # doctest: +SKIP
+        >>> cfg = load_train_config("pipelines/train_demo.toml")  # doctest: +SKIP
     """
     path = Path(path)
     data = _read_toml(path, "pipelines/train_demo.toml")
-    if table is not None:
-        if not isinstance(data.get(table), dict):
-            msg = f"{path}: no [{table}] table; add one with the training settings."
-            raise ConfigError(msg)
+    table = "train" if isinstance(data.get("train"), dict) else ""
+    if table:
         data = data[table]
     try:
-        cfg: TrainConfig = _build(TrainConfig, data, table or "")
+        cfg: TrainConfig = _build(TrainConfig, data, table)
     except ConfigError as err:
         msg = f"{path}: {err}"
         raise ConfigError(msg) from err

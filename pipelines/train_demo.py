@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Train the demo adapters and copy them to the recipe's output path; returns that path."""
     recipe_path = ROOT / "pipelines" / "train_demo.toml"
     recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
-    config = load_train_config(recipe_path, table="train")
+    config = load_train_config(recipe_path)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / recipe["output"])
