@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from aaclip_med._files import atomic_path
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.maps import training_probs
 from aaclip_med.model.prompts import build_prompts
@@ -165,10 +166,8 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_path(out_dir: Path, stage: int) -> Path:
