@@ -275,6 +275,15 @@ def _build(cls: type[_Config], data: Mapping[str, Any], where: str) -> _Config:
         raise ConfigError(msg) from err
 
 
+def _build_from_file(cls: type[_Config], data: Mapping[str, Any], where: str, path: Path) -> _Config:
+    """:func:`_build`, with the file named in front of any error."""
+    try:
+        return _build(cls, data, where)
+    except ConfigError as err:
+        msg = f"{path}: {err}"
+        raise ConfigError(msg) from err
+
+
 def _read_toml(path: Path, example: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -299,11 +308,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     """
     path = Path(path)
     data = _read_toml(path, "pipelines/liver_ct.toml")
-    try:
-        cfg = _build(RunConfig, data, "")
-    except ConfigError as err:
-        msg = f"{path}: {err}"
-        raise ConfigError(msg) from err
+    cfg = _build_from_file(RunConfig, data, "", path)
     if cfg.preset is not None:
         get_preset(cfg.preset)
     return cfg
@@ -330,9 +335,4 @@ def load_train_config(path: str | Path) -> TrainConfig:
     table = "train" if isinstance(data.get("train"), dict) else ""
     if table:
         data = data[table]
-    try:
-        cfg: TrainConfig = _build(TrainConfig, data, table)
-    except ConfigError as err:
-        msg = f"{path}: {err}"
-        raise ConfigError(msg) from err
-    return cfg
+    return _build_from_file(TrainConfig, data, table, path)
