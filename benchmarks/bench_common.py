@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -155,10 +154,10 @@ def isa_check() -> dict[str, str]:
 
 
 def machine_cpu() -> str:
-    """The CPU model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
-    return names[0] if names else platform.processor()
+    """The CPU model name from /proc/cpuinfo (else ``platform.processor()``), as the attention probe keys it."""
+    from aaclip_med.model.tuning import cpu_model
+
+    return cpu_model()
 
 
 def machine(device: torch.device) -> dict[str, Any]:

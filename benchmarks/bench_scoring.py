@@ -13,6 +13,9 @@ Sections (keys of the JSON):
   on CPU also the opt-in ``precision="int8"`` path (dynamic int8 vision linears), and the default's PyTorch
   engine with the GEMM attention kernels (``--attention``, ``aaclip_med.model.attention``), timed interleaved
   with the default batch by batch; it prints each kernel's speed against fused SDPA on the same engine.
+- ``attention_auto``: the kernel ``attention="auto"`` chose on this machine for the default (and the eager
+  previous default) and how: ``rule``, ``measured`` or ``cached`` (the probe of ``aaclip_med.model.tuning``, with
+  its seconds per kernel), ``env`` or ``asked``.
 - ``peak`` (``bench_peak.py``): this machine's square-matmul burst peak (fp32 and bf16), the sustained rate of the
   model's own MLP GEMM shape, and the fraction of each the model reaches (analytic FLOPs per slice,
   cross-checked with ``FlopCounterMode``).
@@ -172,7 +175,7 @@ def bench_per_slice(
         paths[f"previous default (score_slices, {eager.precision}, backend eager, batch {batch})"] = eager
     paths[default_label(model, batch)] = model
     fns = [_maps_of(m) for m in paths.values()]
-    torch_model = model if model.backend != "openvino" else eager  # the GEMM kernels run on PyTorch engines
+    torch_model = pytorch_engine(model, eager)
     for kernel in kernels:
         paths[attention_label(torch_model, kernel, batch)] = torch_model
         fns.append(_maps_of(torch_model, kernel))
@@ -191,7 +194,8 @@ def bench_per_slice(
         label = attention_label(torch_model, kernel, batch)
         maps = torch.cat(rows[label]["_maps"]).float().cpu()[:n_ref]
         rows[label]["accuracy"] = agreement(maps, ref, f"attention {kernel} vs reference fp32")
-        rows[label]["sdpa_row"] = default_label(model, batch) if torch_model is model else list(paths)[0]
+        rows[label]["same_engine_row"] = default_label(model, batch) if torch_model is model else list(paths)[0]
+        rows[label]["vs_kernel"] = torch_model.attention
     for row in rows.values():
         row.pop("_maps")
     base = next(iter(rows.values()))["s_per_slice"]
@@ -199,6 +203,22 @@ def bench_per_slice(
         row["speedup_vs_reference"] = base / row["s_per_slice"]
     acc = agreement(fast, ref, f"default ({model.precision}, {model.backend}, batch {batch}) vs reference fp32")
     return rows, acc, int8_acc
+
+
+def pytorch_engine(model: AACLIP, eager: AACLIP) -> AACLIP:
+    """The model the attention kernels are timed on: the default, or ``eager`` where the default runs OpenVINO."""
+    return model if model.backend != "openvino" else eager
+
+
+def compared_kernels(asked: str, engine: AACLIP) -> tuple[str, ...]:
+    """Kernels of ``--attention`` timed against ``engine``'s own (auto's choice): that one is replaced by sdpa."""
+    kernels = ("sdpa" if k == engine.attention else k for k in asked.split(",") if k and k != "none")
+    return tuple(dict.fromkeys(kernels))
+
+
+def attention_auto(model: AACLIP) -> dict[str, Any]:
+    """What ``attention="auto"`` chose for ``model`` on this machine and how (``aaclip_med.model.tuning``)."""
+    return {"kernel": model.attention, "how": model.attention_choice, "seconds": model.attention_seconds}
 
 
 def default_label(model: AACLIP, batch: int) -> str:
@@ -247,7 +267,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print("  note: OpenVINO honours ONEDNN_MAX_CPU_ISA in its oneDNN and JIT kernels, but runs some "
                   "FullyConnected layers on MLAS (own ISA dispatch): the default row is not a clean emulation; "
                   "--backend eager is", flush=True)  # fmt: skip
-    kernels = tuple(k for k in args.attention.split(",") if k and k != "none")
+    res["attention_auto"] = {
+        f"{m.precision}, backend {m.backend}": attention_auto(m) for m in dict.fromkeys((model, eager))
+    }
+    kernels = compared_kernels(args.attention, pytorch_engine(model, eager))
     res["per_slice"], res["accuracy"], res["accuracy_int8"] = bench_per_slice(
         eager, model, n_ref, n_fast, args.batch_size, int8, kernels
     )
@@ -309,11 +332,20 @@ def _print_speed(res: dict[str, Any]) -> None:
         if acc:
             print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} "
                   "(guard >= 0.999)")
+    for engine, auto in res["attention_auto"].items():  # aaclip_med.model.tuning
+        times = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in (auto["seconds"] or {}).items())
+        print(
+            f"  attention auto -> {auto['kernel']} on this machine ({engine}): {auto['how']}"
+            + (f" (attention core {times})" if times else "")
+        )
     for label, row in res["per_slice"].items():  # what decides attention="auto" (benchmarks/README.md)
-        if "sdpa_row" in row:
-            sdpa, acc = res["per_slice"][row["sdpa_row"]]["s_per_slice"], row["accuracy"]
-            print(f"  {label.split(' (')[0]} vs fused SDPA on the same engine: {sdpa / row['s_per_slice']:.2f}x "
-                  f"(> 1: faster), maps vs reference fp32 r {acc['pearson_r']:.6f}")
+        if "same_engine_row" in row:
+            same, acc = res["per_slice"][row["same_engine_row"]]["s_per_slice"], row["accuracy"]
+            base = "fused SDPA" if row["vs_kernel"] == "sdpa" else f"{row['vs_kernel']} (auto's choice)"
+            print(
+                f"  {label.split(' (')[0]} vs {base} on the same engine: {same / row['s_per_slice']:.2f}x "
+                f"(> 1: faster), maps vs reference fp32 r {acc['pearson_r']:.6f}"
+            )
 
 
 def _print_rest(res: dict[str, Any]) -> None:

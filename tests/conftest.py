@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,21 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 # would cost seconds each); tests/model/test_backends.py asks for each backend explicitly. A CI job may export
 # AACLIP_MED_BACKEND=openvino (or AACLIP_MED_PRECISION=bf16) to run the whole suite on another path.
 os.environ.setdefault("AACLIP_MED_BACKEND", "eager")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Caches (OpenVINO models, the attention probe's choices) go to a session tmp dir, never ~/.cache.
+
+    Set for subprocesses too (CLI and notebook tests inherit the environment); tests that check a cache set
+    their own folder on top of it.
+    """
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("aaclip_med_cache")
+    patch.setenv("AACLIP_MED_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
+
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"

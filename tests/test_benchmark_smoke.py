@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -65,6 +65,13 @@ def test_plain_blocks_match_fused_path(bench: ModuleType) -> None:
     assert bench.aaclip_mod.sdpa_block.__name__ == "sdpa_block"  # restored after the reference run
 
 
+def test_kernels_compared_against_autos_choice(bench: ModuleType) -> None:
+    """Where auto chose a GEMM kernel, the bench times SDPA against it instead of that kernel against itself."""
+    assert bench.compared_kernels("matmul,blocked", SimpleNamespace(attention="sdpa")) == ("matmul", "blocked")
+    assert bench.compared_kernels("matmul,blocked", SimpleNamespace(attention="matmul")) == ("sdpa", "blocked")
+    assert bench.compared_kernels("none", SimpleNamespace(attention="matmul")) == ()
+
+
 @pytest.mark.slow
 def test_quick_run_writes_all_sections(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "scoring.json"
@@ -85,7 +92,9 @@ def test_quick_run_writes_all_sections(bench: ModuleType, tmp_path: Path) -> Non
     rows = list(res["per_slice"].values())
     assert len(rows) == 7 and all(r["s_per_slice"] > 0 for r in rows)  # 3 reference, default, 2 kernels, int8
     kernels = [r for k, r in res["per_slice"].items() if k.startswith("attention ")]
-    assert len(kernels) == 2 and all(r["sdpa_row"] in res["per_slice"] for r in kernels)
+    assert len(kernels) == 2 and all(r["same_engine_row"] in res["per_slice"] for r in kernels)
+    (auto,) = res["attention_auto"].values()  # fp32 eager default here: the static rule, unless bf16 is forced
+    assert auto["kernel"] == kernels[0]["vs_kernel"] and auto["how"] in ("rule", "measured", "cached", "env")
     assert all(r["accuracy"]["pearson_r"] > 0.9999 for r in kernels)  # fp32 GEMM kernels = SDPA
     assert list(res["per_slice"])[-1].startswith("int8")  # targets read int8 from the last row
     assert res["accuracy_int8"]["pearson_r"] > 0.999

@@ -122,6 +122,8 @@ class AACLIP(nn.Module):
         self.precision = precision
         self.backend = "eager"  # engine of the vision path in score_slices (aaclip_med.model.backends)
         self.attention = "sdpa"  # kernel of the vision blocks' attention core (aaclip_med.model.attention)
+        self.attention_choice = "rule"  # how it was chosen (aaclip_med.model.tuning): measured, cached, rule, ...
+        self.attention_seconds: dict[str, float] | None = None  # the probe's best seconds per kernel, if any
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.backbone_info = backbone_info
@@ -340,6 +342,8 @@ class AACLIP(nn.Module):
             "precision": self.precision,
             "backend": self.backend,
             "attention": self.attention,
+            "attention_choice": self.attention_choice,
+            "attention_seconds": None if self.attention_seconds is None else dict(self.attention_seconds),
             "adapters": dict(self.adapter_info),
             "threshold": self.threshold,
             "aaclip_med_version": __version__,
@@ -351,7 +355,8 @@ class AACLIP(nn.Module):
         Returns:
             The written path.
         """
-        runtime = ("adapters", "precision", "backend", "attention")  # how this run computes, not what was trained
+        # how this run computes, not what was trained
+        runtime = ("adapters", "precision", "backend", "attention", "attention_choice", "attention_seconds")
         meta = {k: v for k, v in self.metadata().items() if k not in runtime}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))

@@ -3,7 +3,9 @@
 The multi-head self-attention core of every vision block (no mask; ViT-L at 518 px: 1370 tokens, 16 heads of 64)
 runs through one of:
 
-- ``sdpa``: PyTorch's fused ``scaled_dot_product_attention`` (on CPU its flash kernel). The default.
+- ``sdpa``: PyTorch's fused ``scaled_dot_product_attention`` (on CPU its flash kernel). The default, except
+  where bf16/fp16 runs on the CPU with a PyTorch engine: there ``auto`` is measured once on the user's CPU and
+  cached (:mod:`aaclip_med.model.tuning`).
 - ``matmul``: plain GEMMs over head-batched tensors, ``softmax(q kᵀ / sqrt(d)) v`` by ``baddbmm`` -> ``softmax``
   -> ``bmm``, :data:`MATMUL_HEADS` (batch x head) pairs at a time: their scores (4 x 1370² fp32 = 30 MB) are
   all that is held, instead of 8 x 16 x 1370² fp32 = 960 MB per layer for a batch of 8 unchunked.
@@ -47,10 +49,11 @@ BLOCK_ROWS = 256  # query rows per chunk of "blocked" (all heads at once)
 
 
 def resolve_attention(attention: str, backend: str) -> str:
-    """Resolve ``auto`` to the attention kernel measured fastest: ``sdpa`` everywhere so far.
+    """Resolve ``auto`` by the static rule: ``sdpa`` (measured fastest wherever we measured).
 
     Measured (benchmarks/README.md): on an AVX-512 Xeon without AMX the fused SDPA beats both GEMM kernels in
-    fp32 and bf16; on AMX no measurement of the GEMM kernels exists yet, so ``auto`` keeps ``sdpa`` there too.
+    fp32 and bf16; on AMX no measurement of ours exists, so for bf16/fp16 on the CPU with a PyTorch engine
+    :func:`aaclip_med.model.tuning.choose_attention` measures the kernels on the user's CPU instead of this rule.
     ``AACLIP_MED_ATTENTION`` (:data:`ATTENTION_ENV`), when set to another value than ``auto``, replaces that
     choice on the PyTorch backends (OpenVINO converts the fused SDPA whatever it says); an explicit
     ``attention`` is never overridden.

@@ -24,6 +24,7 @@ from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.attention import resolve_attention
 from aaclip_med.model.backends import auto_choice, cpu_isa, resolve_backend
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
+from aaclip_med.model.tuning import set_attention_
 from aaclip_med.model.weights import (
     AdapterSource,
     apply_backbone_state,
@@ -279,7 +280,9 @@ def create_model(
         backend: Engine of the vision path at inference (:mod:`aaclip_med.model.backends`): ``auto`` (the
             measured fastest here), ``eager``, ``cast``, ``compile`` or ``openvino``. Training needs ``eager``.
         attention: Kernel of the vision blocks' attention core (:mod:`aaclip_med.model.attention`): ``auto``
-            (fused SDPA; ``$AACLIP_MED_ATTENTION`` replaces it), ``sdpa``, ``matmul`` or ``blocked``.
+            (fused SDPA; for bf16/fp16 on the CPU with a PyTorch engine, the kernel measured fastest here, once,
+            :mod:`aaclip_med.model.tuning`; ``$AACLIP_MED_ATTENTION`` replaces it), ``sdpa``, ``matmul`` or
+            ``blocked``.
 
     Returns:
         The model in eval mode with a frozen backbone.
@@ -325,7 +328,7 @@ def create_model(
         xavier_init_(model.text_adapter)
     # the engine itself is built on the first scored batch (AACLIP.score_slices)
     model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width, not gemm_attention)
-    model.attention = resolve_attention(attention, model.backend)
+    set_attention_(model, attention, dev)  # auto: measured once on this CPU where bf16/fp16 runs on PyTorch
     if prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
         from aaclip_med.model.quantize import quantize_vision_
 
