@@ -6,7 +6,8 @@ in bf16, and no AMX machine measured it. So where the model runs bf16/fp16 on th
 (``eager``, ``cast``, ``compile``), :func:`set_attention_` times the attention core
 (:func:`aaclip_med.model.attention.self_attention`) once with every kernel on the model's own shape (``CPU_CHUNK``
 images, its heads and width, ``grid² + 1`` tokens, its dtype) and keeps the fastest GEMM kernel only when it is
-more than :data:`GEMM_MIN_SPEEDUP` faster than SDPA. The timings are cached in
+more than :data:`GEMM_MIN_SPEEDUP` faster than SDPA (``compile`` runs the chosen kernel compiled; the probe times
+it eager). The timings are cached in
 ``<cache_dir()>/tuning/attention.json`` (``$AACLIP_MED_CACHE_DIR``), keyed by what decides them: CPU model, ISA
 class, torch version, threads, dtype, shape and the kernels' chunking; a cache hit does not measure again, and an
 unreadable, corrupt or read-only cache only costs a new measurement (logged, never an error).
@@ -117,7 +118,7 @@ def measure_attention(shape: tuple[int, int, int, int], dtype: torch.dtype) -> d
 
     One warm-up round, then :data:`PROBE_REPEATS` rounds over the kernels in turn; a GEMM kernel more than
     :data:`PRUNE_SLOWER` slower than SDPA after a round leaves the later rounds (ViT-L at 518 on 2 AVX-512 cores:
-    about 4 s in all; the tiny model: milliseconds).
+    3.8 s measured; the tiny model: about 0.1 s, mostly the first calls).
     """
     batch, heads, tokens, width = shape
     gen = torch.Generator().manual_seed(0)
