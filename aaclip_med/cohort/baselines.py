@@ -22,11 +22,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aaclip_med.errors import AACLIPMedError
+
+if TYPE_CHECKING:
+    from aaclip_med.cohort.case_volumes import CaseVolumes
 
 __all__ = ["BASELINE_MAPS", "CASE_BASELINE_COLUMNS", "REGIONS", "RegionSet", "region_rows", "verdicts"]
 
@@ -58,10 +61,9 @@ class RegionSet:
 
     def update(
         self,
-        case_id: str,
+        volumes: CaseVolumes,
         heatmap: np.ndarray,
         ref: np.ndarray,
-        image: Path,
         preset: str,
         slice_axis: int,
         organ_mask: Path | None = None,
@@ -71,10 +73,10 @@ class RegionSet:
         """Add one case; returns its cases.csv columns (:data:`CASE_BASELINE_COLUMNS`) or ``baseline_reasons``.
 
         Args:
-            case_id: For messages.
+            volumes: The case's volumes: its image (the input the heatmap was computed from: the baseline map
+                and the foreground come from it) is read there, once for the whole evaluation.
             heatmap: The model's map as evaluated (raw or normalised).
             ref: The reference mask (bool, the heatmap's grid).
-            image: The input the heatmap was computed from (the baseline map and the foreground come from it).
             preset: The preset the case was scored with (its foreground rule).
             slice_axis: The slice axis (AUPRO regions, the body's hole filling).
             organ_mask: The case's organ mask (read by :func:`~aaclip_med.organ.read_organ_mask`), or None.
@@ -83,11 +85,11 @@ class RegionSet:
         """
         from aaclip_med import metrics
         from aaclip_med.intensity import foreground_mask
-        from aaclip_med.io import read_volume
         from aaclip_med.organ import read_organ_mask
         from aaclip_med.presets import get_preset
 
-        if str(image).startswith("sha256:"):
+        case_id = volumes.case.case_id
+        if str(volumes.case.image).startswith("sha256:"):
             why = (
                 "baselines skipped: the run recorded its input as a hash (names are hashed by default); give the "
                 "image in an 'image' column of the labels CSV, or run with --keep-names or --base-dir"
@@ -95,7 +97,7 @@ class RegionSet:
             logger.warning("%s: %s", case_id, why)
             return {"baseline_reasons": why}
         try:
-            volume = read_volume(image)
+            volume = volumes.image()
             data = volume.data
             organ_region = (read_organ_mask(organ_mask, volume, organ=organ, label=label).mask
                             if organ_mask is not None else None)  # fmt: skip

@@ -2,7 +2,9 @@
 
 ``aaclip-med eval`` writes ``evaluation/cases/<case_id>.html`` for every case it evaluated against a mask. The
 page is rebuilt from the run folder (``heatmap.nii.gz``, ``mask.nii.gz``, ``slices.csv``, ``qa.json``,
-``run.json``, the overlays) and the input image, so no model (and no torch) is needed.
+``run.json``, the overlays) and the input image, so no model (and no torch) is needed. The image, the reference
+mask and the maps are those read for the case's metrics (:class:`~aaclip_med.cohort.case_volumes.CaseVolumes`): the
+page reads no volume again.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from aaclip_med._files import MARKER
-from aaclip_med.cohort.summary import _read_array, _slice_table
+from aaclip_med.cohort.case_volumes import CaseVolumes
+from aaclip_med.cohort.summary import _slice_table
 from aaclip_med.errors import AACLIPMedError
-from aaclip_med.manifest import Case
 
 __all__ = ["write_eval_case_page"]
 
@@ -40,15 +42,15 @@ class _StoredResult:
     window: tuple[float, float] | None
 
 
-def _stored_result(case_dir: Path, record: Mapping[str, Any], qa: Mapping[str, Any]) -> _StoredResult:
-    heatmap = _read_array(case_dir / "heatmap.nii.gz").astype(np.float32)
-    scores, scored = _slice_table(case_dir)
+def _stored_result(volumes: CaseVolumes, record: Mapping[str, Any], qa: Mapping[str, Any]) -> _StoredResult:
+    heatmap = volumes.heatmap()
+    scores, scored = _slice_table(volumes.case_dir)
     unscored = qa.get("unscored_value")  # the "not scored" rule: unscored voxels hold the lowest scored value - 1
     window = qa.get("window") or {}
     bounds = window.get("bounds") if window.get("scope") == "volume" else None
     return _StoredResult(
         heatmap=heatmap,
-        mask=_read_array(case_dir / "mask.nii.gz"),
+        mask=volumes.prediction(),
         scored_voxels=heatmap > float(unscored) + 0.5 if unscored is not None else None,
         scored=scored,
         slice_scores=scores,
@@ -58,12 +60,11 @@ def _stored_result(case_dir: Path, record: Mapping[str, Any], qa: Mapping[str, A
     )
 
 
-def write_eval_case_page(case: Case, case_dir: Path, row: Mapping[str, Any], path: Path) -> Path | None:
+def write_eval_case_page(volumes: CaseVolumes, row: Mapping[str, Any], path: Path) -> Path | None:
     """Write the evaluation page of one case (viewer with the reference mask, the case's metric row).
 
     Args:
-        case: The case (``image`` and ``mask`` are read).
-        case_dir: Its finished run folder.
+        volumes: The case (its ``image`` and ``mask``) and its finished run folder, as read for its metrics.
         row: Its ``cases.csv`` row (the metrics shown).
         path: Output file.
 
@@ -71,8 +72,8 @@ def write_eval_case_page(case: Case, case_dir: Path, row: Mapping[str, Any], pat
         The written path, or None when the case has no mask or its image or mask cannot be read (logged).
     """
     from aaclip_med import report
-    from aaclip_med.io import read_volume
 
+    case, case_dir = volumes.case, volumes.case_dir
     if case.mask is None or row.get("reasons"):
         return None
     record = json.loads((case_dir / MARKER).read_text(encoding="utf-8"))
@@ -82,12 +83,12 @@ def write_eval_case_page(case: Case, case_dir: Path, row: Mapping[str, Any], pat
                        "'image' column of the labels CSV (or run with --keep-names)", case.case_id)  # fmt: skip
         return None
     try:
-        volume = read_volume(case.image)
-        reference = read_volume(case.mask).data > 0
+        volume = volumes.image()
+        reference = volumes.reference().data > 0
     except AACLIPMedError as err:
         logger.warning("%s: no evaluation page: %s", case.case_id, str(err).splitlines()[0])
         return None
-    result = _stored_result(case_dir, record, qa)
+    result = _stored_result(volumes, record, qa)
     if volume.shape != result.heatmap.shape:
         logger.warning("%s: no evaluation page: image %s is not on the run's grid", case.case_id, case.image)
         return None

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aaclip_med._files import INPUT_SUFFIXES, MARKER, case_name, check_output_folder, staged_output, written_files
 from aaclip_med._typing import PathLike
+from aaclip_med.cohort.case_volumes import CaseVolumes
 from aaclip_med.cohort.summary import SUMMARY_SHEET_COLUMNS, CohortSheets, assemble, case_columns
 from aaclip_med.errors import ManifestError
 from aaclip_med.manifest import Case, read_manifest
@@ -116,22 +117,27 @@ def _cases(cases_dir: Path, ids: list[str], labels: PathLike) -> list[Case]:
     raise ManifestError(msg)
 
 
-def _case_pages(
-    cases: list[Case], cases_dir: Path, rows: list[dict[str, Any]], out: Path, tmp: Path
-) -> dict[str, Path]:
-    """Write ``cases/<id>.html`` (viewer with the reference mask) where a mask exists; every case's page link."""
-    from aaclip_med.cohort.case_pages import write_eval_case_page
+@dataclass
+class _CasePages:
+    """Writes ``cases/<id>.html`` (viewer with the reference mask) where a mask exists; every case's page link.
 
-    by_id = {str(r["case_id"]): r for r in rows}
-    pages: dict[str, Path] = {}
-    for case in cases:
-        case_dir = cases_dir / case.case_id
-        name = f"cases/{case.case_id}.html"
-        if write_eval_case_page(case, case_dir, by_id.get(case.case_id, {}), tmp / name) is not None:
-            pages[case.case_id] = out / name
-        elif (case_dir / "report.html").is_file():
-            pages[case.case_id] = case_dir / "report.html"
-    return pages
+    Called by :func:`~aaclip_med.cohort.summary.assemble` as each case's row is done, with the volumes its metrics
+    were computed from: the page reads no image or mask again.
+    """
+
+    out: Path  # the evaluation folder (the links)
+    tmp: Path  # its staging folder (the files)
+    links: dict[str, Path] = field(default_factory=dict)
+
+    def __call__(self, row: dict[str, Any], volumes: CaseVolumes) -> None:
+        from aaclip_med.cohort.case_pages import write_eval_case_page
+
+        case_id = volumes.case.case_id
+        name = f"cases/{case_id}.html"
+        if write_eval_case_page(volumes, row, self.tmp / name) is not None:
+            self.links[case_id] = self.out / name
+        elif (volumes.case_dir / "report.html").is_file():
+            self.links[case_id] = volumes.case_dir / "report.html"
 
 
 def evaluate(
@@ -178,15 +184,16 @@ def evaluate(
     cases = _cases(cases_dir, ids, labels)
     out = Path(out_dir) if out_dir is not None else Path(predictions) / "evaluation"
     check_output_folder(out, [labels], overwrite=overwrite)
-    sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, labels_threshold=labels_threshold,
-                      organ=organ, organ_label=organ_label)  # fmt: skip
-    skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
-    if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
-        msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"
-        raise ManifestError(msg.replace("evaluation skipped: ", ""))
     names = {"slice_metrics": "slice_metrics.csv", "cases": "cases.csv", "summary": "summary.csv",
              "json": "summary.json"}
-    with staged_output(out) as tmp:
+    with staged_output(out) as tmp:  # an error below deletes the staging folder: nothing half-written is left
+        pages = _CasePages(out, tmp)  # written case by case, from the volumes the metrics read
+        sheets = assemble(cases, cases_dir, {}, normalisation=normalisation, labels_threshold=labels_threshold,
+                          organ=organ, organ_label=organ_label, on_case=pages)  # fmt: skip
+        skipped = [f"{r['case_id']}: {r['reasons']}" for r in sheets.cases if r.get("reasons")]
+        if skipped and not sheets.summary:  # every case was skipped: sheets of nothing would only mislead
+            msg = f"Nothing could be evaluated against {labels}; first case {skipped[0]}"
+            raise ManifestError(msg.replace("evaluation skipped: ", ""))
         report.write_sheet(sheets.slice_metrics, tmp / names["slice_metrics"], metrics.SLICE_METRIC_COLUMNS)
         report.write_sheet(sheets.cases, tmp / names["cases"], columns=case_columns(sheets.cases))
         report.write_sheet(sheets.summary, tmp / names["summary"], columns=SUMMARY_SHEET_COLUMNS)
@@ -200,10 +207,9 @@ def evaluate(
                                  sheets.provenance_model.get("metadata"), [labels],
                                  name_input=Naming().path)  # label paths often hold a patient's name: hashed
         names["report"] = "report.html"
-        pages = _case_pages(cases, cases_dir, sheets.cases, out, tmp)
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,
                                  failures=sheets.failures, untrained=sheets.untrained, provenance=prov,
-                                 title="aaclip-med evaluation", case_pages=pages, link_from=out,
+                                 title="aaclip-med evaluation", case_pages=pages.links, link_from=out,
                                  verdicts=sheets.verdicts, case_note=_CASE_NOTE)  # fmt: skip
         names["marker"] = MARKER
         prov["outputs"] = [*written_files(tmp), MARKER]

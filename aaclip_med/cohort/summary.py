@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +25,7 @@ import numpy as np
 
 from aaclip_med._files import MARKER
 from aaclip_med.cohort.baselines import CASE_BASELINE_COLUMNS, RegionSet, region_rows, verdicts
+from aaclip_med.cohort.case_volumes import CaseVolumes, read_array
 from aaclip_med.errors import AACLIPMedError, ConfigError, ManifestError
 from aaclip_med.manifest import Case
 from aaclip_med.metrics.rows import CASE_METRIC_COLUMNS, SUMMARY_COLUMNS
@@ -93,13 +94,6 @@ def _affine(path: Path) -> np.ndarray:
     return np.asarray(cast(nib.Nifti1Image, nib.load(str(path))).affine)
 
 
-def _read_array(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    img = cast(nib.Nifti1Image, nib.load(str(path)))  # the run's own NIfTI outputs
-    return np.asarray(img.dataobj)
-
-
 @dataclass
 class _Group:
     """Accumulated evaluation state of one preset."""
@@ -166,14 +160,13 @@ def _set_range(cases: Sequence[Case], cases_dir: Path) -> tuple[float, float]:
     for case in cases:
         path = cases_dir / case.case_id / "heatmap.nii.gz"
         if case.mask is not None and path.is_file():
-            heat = _read_array(path)
+            heat = read_array(path)
             lo, hi = min(lo, float(heat.min())), max(hi, float(heat.max()))
     return (lo, hi) if lo <= hi else (0.0, 1.0)
 
 
 def _metrics(
-    case: Case,
-    case_dir: Path,
+    volumes: CaseVolumes,
     record: Mapping[str, Any],
     group: _Group,
     scale: _Scale,
@@ -183,8 +176,8 @@ def _metrics(
 ) -> dict[str, Any]:
     """Per-case metric columns; feeds the group's accumulators and the slice rows."""
     from aaclip_med import metrics
-    from aaclip_med.io import read_volume
 
+    case, case_dir = volumes.case, volumes.case_dir
     score, threshold = float(record["score"]), float(record["threshold"])
     if case.mask is None:
         if case.label is not None:
@@ -192,8 +185,8 @@ def _metrics(
             group.volume_scores.append(score)
         return {}
     reasons: list[str] = []
-    heatmap, threshold = scale.apply(_read_array(case_dir / "heatmap.nii.gz").astype(np.float32), threshold)
-    ref_volume = read_volume(case.mask)
+    heatmap, threshold = scale.apply(volumes.heatmap(), threshold)
+    ref_volume = volumes.reference()
     ref = label_mask(ref_volume, labels_threshold)
     why = ""
     if ref.shape != heatmap.shape:
@@ -216,14 +209,13 @@ def _metrics(
         group.pixels = metrics.PixelAccumulator(threshold=threshold)
     group.pixels.update(heatmap, ref, slice_axis=axis)
     row = metrics.case_row(case.case_id, score=score, label=case.label, heatmap=heatmap, mask=ref,
-                           threshold=threshold, pred_mask=_read_array(case_dir / "mask.nii.gz") > 0,
+                           threshold=threshold, pred_mask=volumes.prediction() > 0,
                            spacing=spacing, slice_axis=axis, reasons=reasons)
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)
     preset = str(qa.get("preset") or record.get("config", {}).get("preset"))
-    row.update(group.regions.update(case.case_id, heatmap, ref, case.image, preset, axis,
-                                    **organ_src))  # fmt: skip
+    row.update(group.regions.update(volumes, heatmap, ref, preset, axis, **organ_src))
     slices.extend(metrics.slice_metric_rows(case.case_id, slice_scores, scored=scored, heatmap=heatmap, mask=ref,
                                      threshold=threshold, slice_axis=axis))  # fmt: skip
     other = tuple(a for a in range(3) if a != axis)
@@ -282,6 +274,7 @@ def assemble(
     labels_threshold: float | None = None,
     organ: str | None = None,
     organ_label: int | None = None,
+    on_case: Callable[[dict[str, Any], CaseVolumes], None] | None = None,
 ) -> CohortSheets:
     """Build the cohort rows from the case folders.
 
@@ -294,6 +287,9 @@ def assemble(
         labels_threshold: Binarise masks at this value (:func:`label_mask`).
         organ: Structure selected in the cases' ``organ_mask`` folders or zips (as ``--organ``).
         organ_label: Label selected in the cases' ``organ_mask`` label maps (as ``--organ-label``).
+        on_case: Called with each finished case's ``cases.csv`` row and its :class:`CaseVolumes` once the row
+            is complete, while the case's volumes are still held (``eval`` writes the case page there, so no
+            volume is read twice).
 
     Returns:
         The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
@@ -315,15 +311,17 @@ def assemble(
         preset = str(record.get("config", {}).get("preset") or case.preset or "")
         row = {**base, "status": "done", "score": float(record["score"]), "threshold": float(record["threshold"]),
                "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
+        volumes = CaseVolumes(case, cases_dir / case.case_id)  # one case's reads, let go with the next case
         try:
             group = groups.setdefault(preset, _Group())
-            organ_src = _organ_source(case, cases_dir / case.case_id, organ, organ_label)
-            row.update(_metrics(case, cases_dir / case.case_id, record, group, scale, sheets.slice_metrics,
-                                organ_src, labels_threshold))
+            organ_src = _organ_source(case, volumes.case_dir, organ, organ_label)
+            row.update(_metrics(volumes, record, group, scale, sheets.slice_metrics, organ_src, labels_threshold))
         except AACLIPMedError as err:
             row["reasons"] = f"evaluation skipped: {str(err).splitlines()[0]}"
             logger.warning("%s: %s", case.case_id, row["reasons"])
         sheets.cases.append(row)
+        if on_case is not None:
+            on_case(row, volumes)
         if not sheets.provenance_model:
             sheets.provenance_model = dict(record.get("model", {}))
             sheets.untrained = bool(sheets.provenance_model.get("untrained_backbone", False))
