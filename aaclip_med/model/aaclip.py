@@ -313,7 +313,7 @@ class AACLIP(nn.Module):
         int8) the first call runs the int8 accuracy guard on its first ``CPU_CHUNK`` images with ``preset``'s
         prompts and blur (:mod:`aaclip_med.model.guard`).
         """
-        if self.int8_guard != PENDING:
+        if self.int8_guard != PENDING or x.device.type != "cpu":  # int8 (and so its guard) is CPU only
             return self._encode(x)
         head = run_int8_guard(self, x[:CPU_CHUNK], get_preset(preset))
         return head if len(x) <= CPU_CHUNK else concat_encoded([head, self._encode(x[CPU_CHUNK:])])

@@ -229,17 +229,19 @@ def test_reference_build_and_scoring_go_through_the_guard(
     assert scorer.metadata()["int8_guard"] == scorer.model.int8_guard
 
 
-def test_run_json_and_report_record_the_precision_used(cpu: Callable[[str], None], tmp_path: Path) -> None:
-    from aaclip_med.config import InferenceConfig, RunConfig
-    from aaclip_med.pipeline import run_study
+def test_run_json_report_and_cli_record_the_precision_used(cpu: Callable[[str], None], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aaclip_med.cli import app
 
     volume = _nifti(tmp_path / "study.nii.gz")
-    config = RunConfig(preset="mri", inference=InferenceConfig(model="demo", device="cpu", precision="auto"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        out = run_study(volume, tmp_path / "out", config=config)
-    meta = json.loads((out.out_dir / "run.json").read_text())["model"]["metadata"]
+        args = ["run", str(volume), "--model", "demo", "--device", "cpu", "--preset", "mri", "--no-progress"]
+        result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "out" / "run.json").read_text())["model"]["metadata"]  # written after scoring
     assert meta["precision"] in ("int8", "fp32") and meta["int8_guard"]["passed"] is (meta["precision"] == "int8")
-    assert meta["int8_guard"]["slices"] >= 1
-    html = (out.out_dir / "report.html").read_text()
-    assert f"{meta['precision']} (auto; guard" in html
+    assert meta["int8_guard"]["slices"] >= 1 and meta["int8_guard"]["threshold"] == guard.INT8_GUARD_R
+    said = f"{meta['precision']} (auto; guard {'passed' if meta['int8_guard']['passed'] else 'failed'}: maps r"
+    assert f"precision: {said}" in result.output and said in (tmp_path / "out" / "report.html").read_text()
