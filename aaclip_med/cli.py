@@ -222,6 +222,10 @@ def run(
         f"volume score {res.score:.4g} (threshold {res.threshold:.4g}); "
         f"{int(res.flagged.sum())}/{int(res.scored.sum())} scored slices flagged"
     )
+    from aaclip_med.report import describe_precision
+
+    run_json = json.loads(outputs.files["run"].read_text(encoding="utf-8"))
+    typer.echo(f"precision: {describe_precision(run_json['model']['metadata'])}")
     n_warnings = len(res.qa.get("warnings", []))
     if n_warnings:
         typer.secho(f"{n_warnings} QA warning(s): see qa.json and the report", fg=typer.colors.YELLOW, err=True)

@@ -163,7 +163,13 @@ PresetOpt = Annotated[
 ]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Mask threshold, raw map units (default: checkpoint).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16, int8 (CPU, opt-in).")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (CUDA fp16; AMX CPU bf16; other CPUs int8 while its accuracy guard on the first slices holds, "
+        "else fp32), fp32, bf16, fp16, int8 (CPU, no guard). fp32 skips the guard."
+    ),
+]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Slices per forward pass.")]
 SizeOpt = Annotated[int | None, typer.Option(min=32, help="Model input size override (e.g. 224 for speed).")]
 ComponentOpt = Annotated[float | None, typer.Option(min=0, help="Drop mask components smaller than this (mm³).")]

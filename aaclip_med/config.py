@@ -43,7 +43,8 @@ ScoreRegion = Literal["foreground", "image"]
 Fusion = Literal["fused", "memory", "text"]  # how a normal-reference memory map meets the text map
 
 # Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
-# per device; bf16/fp16 are autocast; int8 is dynamic int8 quantisation of the vision linears, CPU only.
+# per device (on CPUs without AMX to a guarded int8, aaclip_med.model.guard); bf16/fp16 are autocast; int8 is
+# dynamic int8 quantisation of the vision linears, CPU only.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 # Accepted ``backend`` values (engines of the vision path, aaclip_med.model.backends): "auto" picks by measurement.
 BACKENDS: tuple[str, ...] = ("auto", "eager", "cast", "compile", "openvino")
@@ -69,7 +70,7 @@ class InferenceConfig:
     adapter_weights: str | None = None  # our .safetensors or a reference checkpoint folder
     image_size: int | None = None  # None: the model's own input size (518 for the paper's model)
     device: str = "auto"  # cuda when present, else cpu
-    precision: str = "auto"  # bf16 on AMX CPUs, fp16 on CUDA, else fp32; int8: CPU opt-in (PRECISIONS)
+    precision: str = "auto"  # fp16 on CUDA, bf16 on AMX CPUs, other CPUs int8 while its guard holds (PRECISIONS)
     backend: str = "auto"  # engine of the vision path (BACKENDS): auto = measured fastest, eager = plain PyTorch
     batch_size: int = 8  # slices per forward pass; memory stays flat in volume length
     threshold: float | None = None  # None: the checkpoint's calibrated threshold (raw map units, DESIGN 0)

@@ -10,9 +10,12 @@ Sections (keys of the JSON):
   weight values) for a reference-style baseline (fp32, batch 1, text anchors re-encoded for every image, plain
   open_clip blocks under ``no_grad``) and our default path (``score_slices``: precision ``auto``, cached
   anchors, fused SDPA attention, batches, ``inference_mode``), plus the intermediate steps, measured in one run;
-  on CPU also the opt-in ``precision="int8"`` path (dynamic int8 vision linears), and the default's PyTorch
-  engine with the GEMM attention kernels (``--attention``, ``aaclip_med.model.attention``), timed interleaved
-  with the default batch by batch; it prints each kernel's speed against fused SDPA on the same engine.
+  an ``fp32`` row where the default is not fp32; on CPU also the opt-in ``precision="int8"`` path (dynamic int8
+  vision linears) where the default is not int8 already, and the GEMM attention kernels (``--attention``,
+  ``aaclip_med.model.attention``) on a PyTorch fp32/bf16 engine, timed interleaved with the default batch by
+  batch; it prints each kernel's speed against fused SDPA on the same engine.
+- ``int8_guard``: where ``auto`` picked guarded int8 (CPUs without AMX), the guard's verdict on its first call
+  (BraTS FLAIR slices when present, else random ones) and that call's time; else ``"not applicable"``.
 - ``attention_auto``: the kernel ``attention="auto"`` chose on this machine for the default (and the eager
   previous default) and how: ``rule``, ``measured`` or ``cached`` (the probe of ``aaclip_med.model.tuning``, with
   its seconds per kernel), ``env`` or ``asked``.
@@ -53,6 +56,7 @@ from bench_common import (
     isa_line,
     machine,
     random_slices,
+    real_slices,
     timed,
 )
 from bench_peak import peak_section, profile_batch
@@ -148,14 +152,16 @@ def bench_per_slice(
     batch: int,
     int8: AACLIP | None = None,
     kernels: tuple[str, ...] = (),
+    fp32: AACLIP | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Per-slice rows and accuracy of the default (and int8) maps; every row timed on the same random slices.
 
-    Baseline and ablation steps (``eager``: precision auto, plain PyTorch engine), then the previous default
-    (``eager``, batches), the default ``model`` (precision and backend auto), the GEMM attention ``kernels`` on
-    the default's PyTorch engine (``eager`` where the default runs OpenVINO) and int8, interleaved batch by
-    batch; accuracy of the default maps (and of each kernel's, row key ``accuracy``) against the fp32
-    reference-style maps.
+    Baseline and ablation steps (``eager``: plain PyTorch engine at the precision auto resolves to, fp32 where
+    that is guarded int8), then ``eager`` itself in batches (the previous default, or the fp32 row), an ``fp32``
+    model where neither is fp32, the default ``model`` (precision and backend auto, its int8 guard already run),
+    the GEMM attention ``kernels`` on the default's engine (``eager`` where the default runs OpenVINO or int8)
+    and int8, interleaved batch by batch; accuracy of the default maps (and of each kernel's, row key
+    ``accuracy``) against the fp32 reference-style maps.
     """
     dev, size = model.device, model.input_size
     x = random_slices(max(n_ref, n_fast), size)
@@ -171,8 +177,11 @@ def bench_per_slice(
     for label, fn in steps.items():
         rows[label] = _per_slice(fn, x[:n_ref], 1, dev)
     paths = {}
-    if model.backend != "eager":
-        paths[f"previous default (score_slices, {eager.precision}, backend eager, batch {batch})"] = eager
+    if eager is not model:
+        kind = "fp32" if eager.precision == "fp32" and model.precision == "int8" else "previous default"
+        paths[f"{kind} (score_slices, {eager.precision}, backend eager, batch {batch})"] = eager
+    if fp32 is not None and fp32 is not eager:
+        paths[f"fp32 (score_slices, fp32, backend {fp32.backend}, batch {batch})"] = fp32
     paths[default_label(model, batch)] = model
     fns = [_maps_of(m) for m in paths.values()]
     torch_model = pytorch_engine(model, eager)
@@ -206,8 +215,8 @@ def bench_per_slice(
 
 
 def pytorch_engine(model: AACLIP, eager: AACLIP) -> AACLIP:
-    """The model the attention kernels are timed on: the default, or ``eager`` where the default runs OpenVINO."""
-    return model if model.backend != "openvino" else eager
+    """The model the attention kernels are timed on: the default, or ``eager`` where it runs OpenVINO or int8."""
+    return model if model.backend != "openvino" and model.precision != "int8" else eager
 
 
 def compared_kernels(asked: str, engine: AACLIP) -> tuple[str, ...]:
@@ -219,6 +228,23 @@ def compared_kernels(asked: str, engine: AACLIP) -> tuple[str, ...]:
 def attention_auto(model: AACLIP) -> dict[str, Any]:
     """What ``attention="auto"`` chose for ``model`` on this machine and how (``aaclip_med.model.tuning``)."""
     return {"kernel": model.attention, "how": model.attention_choice, "seconds": model.attention_seconds}
+
+
+def settle_int8_guard(model: AACLIP) -> dict[str, Any] | str:
+    """Run a guarded model's first call (its int8 guard) on ``CPU_CHUNK`` slices; the verdict and the call's time.
+
+    Real slices (BraTS FLAIR) where present, as the guard sees a user's images; else random ones. Models that are
+    not guarded return their ``int8_guard`` (``"not applicable"``).
+    """
+    if model.int8_guard != "not run":
+        return model.int8_guard
+    n = aaclip_mod.CPU_CHUNK
+    real = real_slices(model.input_size, n)
+    fallback = (random_slices(n, model.input_size, seed=2), PRESET, "random")
+    x, preset, source = next(((v[0], v[1], k) for k, v in real.items()), fallback)
+    sec, _ = timed(lambda: model.score_slices(x, preset, return_levels=False), model.device)
+    assert isinstance(model.int8_guard, dict)
+    return {**model.int8_guard, "precision_after": model.precision, "guard_slices": source, "first_call_s": sec}
 
 
 def default_label(model: AACLIP, batch: int) -> str:
@@ -256,9 +282,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(isa_line() + gpu, flush=True)
     res: dict[str, Any] = {"machine": machine(device), "model": name, "quick": args.quick, "isa_line": isa_line()}
     model = build_model(name, str(device), "auto", args.backend)  # the default: precision and backend auto
+    res["int8_guard"] = settle_int8_guard(model)  # guarded int8 (CPUs without AMX): decided on the first call
+    guarded = isinstance(res["int8_guard"], dict)
     # reference rows and the previous default (the same model where the default runs eager, e.g. on CUDA)
-    eager = model if model.backend == "eager" else build_model(name, str(device), "auto", "eager")
-    int8 = build_model(name, str(device), "int8", "eager") if args.int8 and device.type == "cpu" else None
+    eager = model if model.backend == "eager" and not guarded else build_model(
+        name, str(device), "fp32" if guarded else "auto", "eager"
+    )
+    fp32 = None
+    if model.precision != "fp32":  # the fp32 row beside a bf16/fp16/int8 default
+        fp32 = eager if eager.precision == "fp32" else build_model(name, str(device), "fp32", "eager")
+    with_int8 = args.int8 and device.type == "cpu" and model.precision != "int8"  # opt-in row, unless the default
+    int8 = build_model(name, str(device), "int8", "eager") if with_int8 else None
     res["precision"], res["backend"], res["batch"] = model.precision, model.backend, args.batch_size
     if res["machine"]["isa_emulation"] is not None:
         check = res["machine"]["isa_emulation"]["check"]
@@ -272,14 +306,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     kernels = compared_kernels(args.attention, pytorch_engine(model, eager))
     res["per_slice"], res["accuracy"], res["accuracy_int8"] = bench_per_slice(
-        eager, model, n_ref, n_fast, args.batch_size, int8, kernels
+        eager, model, n_ref, n_fast, args.batch_size, int8, kernels, fp32
     )
     _print_speed(res)
     fast_s = res["per_slice"][default_label(model, args.batch_size)]["s_per_slice"]
     budget = 0.2 if args.quick else args.peak_budget
     res["peak"] = peak_section(eager, fast_s, 512 if args.quick else 4096, budget, args.quick or args.count_flops)
     res["profile_batch"] = min(args.batch_size, 2)
-    res["profile"] = profile_batch(eager, res["profile_batch"], top=10)  # eager: per-op (an engine is one op)
+    # per-op: an engine (cast, compile, openvino) is one op, so the eager path of the default's precision
+    res["profile"] = profile_batch(model if model.backend == "eager" else eager, res["profile_batch"], top=10)
     if int8 is not None:
         res["profile_int8"] = profile_batch(int8, res["profile_batch"], top=10)
         int8_s = list(res["per_slice"].values())[-1]["s_per_slice"]  # fp32-equivalent FLOPs below
@@ -328,6 +363,12 @@ def _print_speed(res: dict[str, Any]) -> None:
     print(f"{'path':<72} {'s/slice':>9} {'speedup':>8}")
     for label, row in res["per_slice"].items():
         print(f"{label:<72} {row['s_per_slice']:>9.3f} {row['speedup_vs_reference']:>7.2f}x")
+    guard = res.get("int8_guard")
+    if isinstance(guard, dict):
+        r = "undefined" if guard["r"] is None else f"{guard['r']:.6f}"
+        print(f"  int8 guard (precision auto, {guard['slices']} {guard['guard_slices']} slices): r {r} vs fp32, "
+              f"threshold {guard['threshold']}: {'passed' if guard['passed'] else 'FAILED'} -> default scores in "
+              f"{guard['precision_after']} (first call {guard['first_call_s']:.2f} s, guard included)")
     for acc in (res["accuracy"], res.get("accuracy_int8")):
         if acc:
             print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} "

@@ -120,6 +120,8 @@ def rss_child(name: str, n_slices: int, scored: int | None, batch: int) -> None:
         json.dumps(
             {
                 "model": name,
+                "precision": model.precision,  # after the run: auto's int8 guard has decided
+                "int8_guard": model.int8_guard,
                 "volume": what,
                 "n_slices": n_slices,
                 "n_scored": int(res.scored.sum()),

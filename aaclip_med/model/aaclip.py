@@ -22,7 +22,8 @@ from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
 from aaclip_med.model.attention import self_attention
 from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
-from aaclip_med.model.maps import level_anomaly_maps
+from aaclip_med.model.guard import NOT_APPLICABLE, PENDING, run_int8_guard
+from aaclip_med.model.maps import Encoded, concat_encoded, level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
 from aaclip_med.model.quantize import Int8SelfAttention
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
@@ -126,6 +127,7 @@ class AACLIP(nn.Module):
         self.attention_seconds: dict[str, float] | None = None  # the probe's best seconds per kernel, if any
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
+        self.int8_guard: dict[str, Any] | str = NOT_APPLICABLE  # PENDING: auto-int8 decided on the first call
         self.backbone_info = backbone_info
         self.untrained_backbone: bool = backbone_info["source"] == "random"
         self.threshold: float | None = None
@@ -162,6 +164,9 @@ class AACLIP(nn.Module):
             raise ConfigError(msg)
         check_trainable_precision(self.precision)
         check_trainable_backend(self.backend)
+        if self.int8_guard == PENDING:  # a trained model never becomes int8 (precision auto -> fp32 here)
+            logger.info("precision auto: the model is being trained, so it stays fp32 (no int8 guard)")
+            self.int8_guard = NOT_APPLICABLE
         return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
 
     @contextlib.contextmanager
@@ -241,10 +246,7 @@ class AACLIP(nn.Module):
         slower per image than at 1-2, as activations leave the cache (benchmarks/README.md).
         """
         if x.device.type == "cpu" and not torch.is_grad_enabled() and len(x) > CPU_CHUNK:
-            parts = [self.encode_levels(chunk) for chunk in torch.split(x, CPU_CHUNK)]
-            return [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)], torch.cat(
-                [p[1] for p in parts]
-            )
+            return concat_encoded([self.encode_levels(chunk) for chunk in torch.split(x, CPU_CHUNK)])
         ln_post = self.clip.visual.ln_post
         tokens = [ln_post(t[:, 1:]) for t in self.vision_taps(x)]
         seg = [F.normalize(proj(t), dim=-1) for proj, t in zip(self.image_adapter.seg_proj, tokens, strict=True)]
@@ -298,13 +300,25 @@ class AACLIP(nn.Module):
         anchors = self.text_anchors(preset)
         with torch.inference_mode():
             x = x.to(self.device, torch.float32)
-            seg, det = self._encode(x)
+            seg, det = self.encode(x, preset)
             levels = level_anomaly_maps(
                 seg, anchors, self.grid(x), (x.shape[-2], x.shape[-1]), preset.blur_kernel, preset.blur_sigma
             )
             maps = levels.sum(0)
             det_score = (det.float() @ anchors[:, 1] + 1) / 2
             return SliceOutput(maps.flatten(1).amax(1), maps, det_score, levels if return_levels else None)
+
+    def encode(self, x: torch.Tensor, preset: str | ModalityPreset = "reference") -> Encoded:
+        """The one vision path of inference: :meth:`encode_levels` of float32 images through the model's backend.
+
+        Used by :meth:`score_slices` and the normal-reference code. On a guarded model (``precision="auto"`` picked
+        int8) the first call runs the int8 accuracy guard on its first ``CPU_CHUNK`` images with ``preset``'s
+        prompts and blur (:mod:`aaclip_med.model.guard`).
+        """
+        if self.int8_guard != PENDING or x.device.type != "cpu":  # int8 (and so its guard) is CPU only
+            return self._encode(x)
+        head = run_int8_guard(self, x[:CPU_CHUNK], get_preset(preset))
+        return head if len(x) <= CPU_CHUNK else concat_encoded([head, self._encode(x[CPU_CHUNK:])])
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``encode_levels`` through the model's backend (eager: autocast at the model's precision)."""
@@ -340,6 +354,7 @@ class AACLIP(nn.Module):
             "relu": self.spec.relu,
             "quick_gelu": self.spec.quick_gelu,
             "precision": self.precision,
+            "int8_guard": dict(self.int8_guard) if isinstance(self.int8_guard, dict) else self.int8_guard,
             "backend": self.backend,
             "attention": self.attention,
             "attention_choice": self.attention_choice,
@@ -356,7 +371,8 @@ class AACLIP(nn.Module):
             The written path.
         """
         # how this run computes, not what was trained
-        runtime = ("adapters", "precision", "backend", "attention", "attention_choice", "attention_seconds")
+        runtime = ("adapters", "precision", "int8_guard", "backend", "attention", "attention_choice",
+                   "attention_seconds")  # fmt: skip
         meta = {k: v for k, v in self.metadata().items() if k not in runtime}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from aaclip_med._typing import PathLike
-from aaclip_med.config import PRECISIONS
+from aaclip_med.config import BACKENDS, PRECISIONS
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.attention import resolve_attention
-from aaclip_med.model.backends import auto_choice, cpu_isa, resolve_backend
+from aaclip_med.model.backends import BACKEND_ENV, auto_choice, cpu_isa, resolve_backend
+from aaclip_med.model.guard import PENDING
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.tuning import set_attention_
 from aaclip_med.model.weights import (
@@ -45,6 +46,7 @@ __all__ = [
     "check_backbone_match",
     "create_model",
     "import_backbone",
+    "int8_guarded",
     "list_models",
     "check_trainable_precision",
     "register_model",
@@ -177,13 +179,18 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX, fp32 otherwise (also on avx512_bf16 without AMX).
+def resolve_precision(precision: str, device: torch.device, backend: str = "auto", attention: str = "auto") -> str:
+    """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX, int8 on other CPUs (guarded), else fp32.
 
-    The environment variable ``AACLIP_MED_PRECISION`` (:data:`PRECISION_ENV`), when set to a value other than
-    ``auto``, replaces that choice (an explicit ``precision`` is never overridden): CI runs the bf16 path with
-    ``AACLIP_MED_PRECISION=bf16`` on any CPU. ``int8`` (dynamic int8 vision linears,
-    :mod:`aaclip_med.model.quantize`) is opt-in and CPU only; ``auto`` never picks it on its own.
+    On a CPU without AMX (AVX2, or AVX-512 without AMX: bf16 measured slower than fp32 there) ``auto`` picks
+    ``int8`` (dynamic int8 vision linears, :mod:`aaclip_med.model.quantize`), which :func:`create_model` builds
+    *guarded* (:mod:`aaclip_med.model.guard`: int8 only while its maps keep r >= 0.999 against fp32 on the first
+    scored slices, else fp32). That needs the eager engine and the fused SDPA attention: with another ``backend``
+    (argument or ``AACLIP_MED_BACKEND``: ``openvino``, ``cast``, ``compile``) or an explicit GEMM ``attention``
+    kernel, ``auto`` is fp32 there. The environment variable ``AACLIP_MED_PRECISION`` (:data:`PRECISION_ENV`),
+    when set to a value other than ``auto``, replaces that choice (an explicit ``precision`` is never
+    overridden): CI runs the bf16 path with ``AACLIP_MED_PRECISION=bf16`` on any CPU. An explicit ``int8``
+    (argument or variable) is never guarded.
 
     Raises:
         ConfigError: unknown value (argument or environment variable), or ``int8`` on a non-CPU device.
@@ -201,7 +208,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    if _cpu_has_bf16():
+        return "bf16"
+    eager = auto_choice(backend, BACKENDS, "backend", BACKEND_ENV, "a backend") in ("auto", "eager")
+    return "int8" if eager and resolve_attention(attention, "eager") == "sdpa" else "fp32"
+
+
+def int8_guarded(precision: str, resolved: str) -> bool:
+    """Whether a model asked for ``precision`` and resolved to ``resolved`` runs the int8 guard: auto picked int8.
+
+    An ``int8`` asked for (argument or ``AACLIP_MED_PRECISION``) is not guarded: the user chose it.
+    """
+    env = os.environ.get(PRECISION_ENV, "").strip().lower()
+    return resolved == "int8" and precision == "auto" and env in ("", "auto")
 
 
 def _no_pretrained_note(record: logging.LogRecord) -> bool:
@@ -298,7 +319,8 @@ def create_model(
 
     spec = get_spec(name)
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)  # all three checked before the slow backbone build
+    prec = resolve_precision(precision, dev, backend, attention)  # all three checked before the slow build
+    guarded = int8_guarded(precision, prec)  # auto-int8: built fp32, int8 decided on the first call
     gemm_attention = attention not in ("auto", "sdpa")  # an explicit GEMM kernel: auto stays off OpenVINO
     resolve_attention(attention, resolve_backend(backend, dev, prec, openvino_ok=not gemm_attention))
     size = image_size or spec.image_size
@@ -319,7 +341,7 @@ def create_model(
         torch.manual_seed(seed)
         clip, info = _build_backbone(spec, backbone_weights or spec.default_backbone, size, seed, trust_pickle)
         model = AACLIP(
-            clip, spec, open_clip.get_tokenizer(spec.arch), size, prec, info
+            clip, spec, open_clip.get_tokenizer(spec.arch), size, "fp32" if guarded else prec, info
         )
         torch.manual_seed(seed + 1)  # adapters: independent of how much RNG the backbone consumed
         from aaclip_med.model.adapters import xavier_init_
@@ -329,7 +351,9 @@ def create_model(
     # the engine itself is built on the first scored batch (AACLIP.score_slices)
     model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width, not gemm_attention)
     set_attention_(model, attention, dev)  # auto: measured once on this CPU where bf16/fp16 runs on PyTorch
-    if prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
+    if guarded:
+        model.int8_guard = PENDING
+    elif prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
         from aaclip_med.model.quantize import quantize_vision_
 
         quantize_vision_(model.clip)
@@ -343,7 +367,7 @@ def create_model(
         spec.arch,
         info["source"],
         dev,
-        prec,
+        f"{prec} (guarded: fp32 until the first slices' maps agree)" if guarded else prec,
         model.backend,
         model.attention,
     )

@@ -10,9 +10,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TEMPERATURE", "gaussian_blur", "level_anomaly_maps", "training_probs"]
+__all__ = ["TEMPERATURE", "Encoded", "concat_encoded", "gaussian_blur", "level_anomaly_maps", "training_probs"]
 
 TEMPERATURE = 100.0  # fixed logit scale of the similarity maps (spec 4)
+Encoded = tuple[list[torch.Tensor], torch.Tensor]  # vision features: per-level seg tokens (B,N,D), det token (B,D)
+
+
+def concat_encoded(parts: Sequence[Encoded]) -> Encoded:
+    """Join the vision features of consecutive chunks of a batch (``AACLIP.encode_levels`` outputs)."""
+    levels = [torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)]
+    return levels, torch.cat([p[1] for p in parts])
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:

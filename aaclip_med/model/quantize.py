@@ -30,9 +30,11 @@ from aaclip_med.model.attention import self_attention
 if TYPE_CHECKING:
     from open_clip.model import CLIP
 
-__all__ = ["Int8SelfAttention", "quantize_vision_", "quantized_linear"]
+__all__ = ["Int8SelfAttention", "Originals", "quantize_vision_", "quantized_linear", "restore_modules_"]
 
 logger = logging.getLogger(__name__)
+
+Originals = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, the fp32 module it held)
 
 
 @contextlib.contextmanager
@@ -109,23 +111,28 @@ class Int8SelfAttention(nn.Module):
         return self.out_proj(self_attention(self.in_proj(query), self.num_heads)), None
 
 
-def quantize_vision_(clip: CLIP, attention: bool = True) -> dict[str, int]:
+def quantize_vision_(clip: CLIP, attention: bool = True, originals: Originals | None = None) -> dict[str, int]:
     """Quantise the linear layers of every vision block of an open_clip ``CLIP`` in place (CPU, eval).
 
     Args:
         clip: The open_clip model; only ``clip.visual.transformer.resblocks`` change.
         attention: Also quantise the attention projections (``in_proj``/``out_proj``); False keeps them fp32.
+        originals: Where to keep the replaced fp32 modules (the int8 accuracy guard restores them with
+            :func:`restore_modules_` when int8 fails it); None: they are dropped.
 
     Returns:
         Counts of quantised layers: ``{"mlp": ..., "attention": ...}``.
     """
     counts = {"mlp": 0, "attention": 0}
+    kept: Originals = [] if originals is None else originals
     for block in clip.visual.transformer.resblocks:
         for name in ("c_fc", "c_proj"):
             layer = getattr(block.mlp, name)
+            kept.append((block.mlp, name, layer))
             setattr(block.mlp, name, quantized_linear(layer.weight, layer.bias))
             counts["mlp"] += 1
         if attention and isinstance(block.attn, nn.MultiheadAttention):
+            kept.append((block, "attn", block.attn))
             block.attn = Int8SelfAttention(block.attn)
             counts["attention"] += 2
     logger.info(
@@ -135,3 +142,10 @@ def quantize_vision_(clip: CLIP, attention: bool = True) -> dict[str, int]:
         torch.backends.quantized.engine,
     )
     return counts
+
+
+def restore_modules_(originals: Originals) -> None:
+    """Put back the fp32 modules :func:`quantize_vision_` replaced (and kept in ``originals``), emptying it."""
+    for parent, name, module in reversed(originals):
+        setattr(parent, name, module)
+    originals.clear()

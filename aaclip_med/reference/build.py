@@ -159,8 +159,7 @@ def _encode(model: AACLIP, x: torch.Tensor, preset: ModalityPreset) -> tuple[lis
     anchors = model.text_anchors(preset)
     with torch.inference_mode():
         x = x.to(model.device, torch.float32)
-        with model._autocast():
-            seg, _ = model.encode_levels(x)
+        seg, _ = model.encode(x, preset)  # the one vision path of scoring (backend, int8 guard)
         grid = model.grid(x)
         text = level_anomaly_maps(seg, anchors, grid, grid, preset.blur_kernel, preset.blur_sigma).sum(0)
     return [t.float().cpu() for t in seg], text.flatten(1).cpu()

@@ -141,8 +141,7 @@ class ReferenceScorer:
         anchors = model.text_anchors(preset)
         with torch.inference_mode():
             x = x.to(model.device, torch.float32)
-            with model._autocast():
-                seg, det = model.encode_levels(x)
+            seg, det = model.encode(x, preset)  # the model's backend and precision (int8 guard included)
             size, grid = (x.shape[-2], x.shape[-1]), model.grid(x)
             text = level_anomaly_maps(seg, anchors, grid, size, preset.blur_kernel, preset.blur_sigma).sum(0)
             if self.fusion == "text":

@@ -26,7 +26,7 @@ from aaclip_med.report.overlays import (
     write_overlays,
     write_volume_overlays,
 )
-from aaclip_med.report.run_json import input_record, package_versions, provenance
+from aaclip_med.report.run_json import describe_precision, input_record, package_versions, provenance
 from aaclip_med.report.sheets import SLICE_COLUMNS, slice_rows, to_jsonable, write_json, write_sheet, write_xlsx
 from aaclip_med.report.viewer import viewer_data
 
@@ -36,6 +36,7 @@ __all__ = [
     "UNTRAINED_BANNER",
     "UNTRAINED_CAPTION",
     "OverlaySlice",
+    "describe_precision",
     "heat_scale",
     "input_record",
     "package_versions",

@@ -25,6 +25,7 @@ from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.report.overlays import HEAT_HALF_SPAN
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
+from aaclip_med.report.run_json import describe_precision
 from aaclip_med.report.sheets import _columns, to_jsonable
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def _provenance_items(
         ("model", model.get("name")),
         ("weights sha256", model.get("weights_sha256")),
         ("untrained backbone", model.get("untrained_backbone")),
+        ("precision", describe_precision(model.get("metadata"))),
         ("preset", preset if preset is not None else config.get("preset")),
         ("threshold (map units)", threshold),
         ("created (UTC)", prov.get("created_utc")),

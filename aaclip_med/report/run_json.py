@@ -25,7 +25,7 @@ from aaclip_med.errors import UnsupportedFormatError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["PROVENANCE_PACKAGES", "input_record", "package_versions", "provenance"]
+__all__ = ["PROVENANCE_PACKAGES", "describe_precision", "input_record", "package_versions", "provenance"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,28 @@ def _config_dict(config: _ConfigLike) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
     return dataclasses.asdict(config)
+
+
+def describe_precision(metadata: Mapping[str, Any] | None) -> str | None:
+    """How the model computed, in words, from ``model.metadata()``: precision, int8 guard verdict and backend.
+
+    Example:
+        >>> describe_precision({"precision": "int8", "backend": "eager", "int8_guard": {"r": 0.99998,
+        ...     "max_abs_diff": 0.01, "slices": 2, "threshold": 0.999, "passed": True}})
+        'int8 (auto; guard passed: maps r 0.99998 >= 0.999 vs fp32 on 2 slices), backend eager'
+    """
+    meta = metadata or {}
+    if not meta.get("precision"):
+        return None
+    text, guard = str(meta["precision"]), meta.get("int8_guard")
+    if isinstance(guard, Mapping):
+        r = "undefined" if guard.get("r") is None else f"{guard['r']:.5f}"
+        verdict = ("passed", ">=") if guard.get("passed") else ("failed", "<")
+        text += (f" (auto; guard {verdict[0]}: maps r {r} {verdict[1]} {guard.get('threshold')} vs fp32 on "
+                 f"{guard.get('slices')} slices)")  # fmt: skip
+    elif guard == "not run":  # aaclip_med.model.guard.PENDING (the report does not import the model)
+        text += " (auto: int8 guard not run yet)"
+    return text + (f", backend {meta['backend']}" if meta.get("backend") else "")
 
 
 def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -115,9 +115,11 @@ def test_adapters_of_another_model_are_refused_before_the_backbone_build(monkeyp
 
 
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(factory.PRECISION_ENV, raising=False)  # the suite may run with AACLIP_MED_PRECISION=bf16
+    for var in (factory.PRECISION_ENV, "AACLIP_MED_ATTENTION"):  # CI may set AACLIP_MED_PRECISION=bf16
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
-    assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "int8"  # guarded (tests/model/test_guard.py)
+    assert factory.resolve_precision("auto", torch.device("cpu"), backend="openvino") == "fp32"
     assert factory.resolve_precision("auto", torch.device("cuda")) == "fp16"
     monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"

@@ -75,14 +75,17 @@ def test_int8_is_inference_only(int8: AACLIP) -> None:
         int8.surgery_features(torch.zeros(1, 3, int8.input_size, int8.input_size))
 
 
-def test_int8_refused_off_cpu_and_never_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(factory.PRECISION_ENV, raising=False)
+def test_int8_refused_off_cpu_and_auto_only_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (factory.PRECISION_ENV, "AACLIP_MED_BACKEND", "AACLIP_MED_ATTENTION"):
+        monkeypatch.delenv(var, raising=False)
     assert factory.resolve_precision("int8", torch.device("cpu")) == "int8"
+    assert not factory.int8_guarded("int8", "int8")  # asked for: quantised at build, no guard
     with pytest.raises(ConfigError, match=r"precision='int8' on device cuda.*CPU only.*--device cpu"):
         factory.resolve_precision("int8", torch.device("cuda"))
-    for has_bf16 in (False, True):
+    for has_bf16, auto in ((False, "int8"), (True, "bf16")):  # without AMX: int8 behind the guard (test_guard.py)
         monkeypatch.setattr(factory, "_cpu_has_bf16", lambda v=has_bf16: v)
-        assert factory.resolve_precision("auto", torch.device("cpu")) != "int8"
+        assert factory.resolve_precision("auto", torch.device("cpu")) == auto
+        assert factory.int8_guarded("auto", auto) is (auto == "int8")
 
 
 def test_one_list_of_precisions() -> None:
