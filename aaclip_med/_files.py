@@ -225,18 +225,22 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     A new ``out_dir`` is the renamed staging folder, so it appears complete or not at all. Over an earlier
     aaclip-med output (callers first check :func:`check_output_folder` with ``overwrite``), the new files replace
     the old ones and the earlier run's other files (listed in its run.json ``outputs``) are deleted; files that
-    aaclip-med did not write are never touched.
+    aaclip-med did not write are never touched. A failure also removes the parent folders it created (``-o
+    new/deeper/out``), where they are still empty.
 
     Raises:
         OutputError: The parent folder cannot be created or written.
     """
     parent = out_dir.parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
     except OSError as err:
+        _remove_empty(created)
         msg = f"Cannot write into {parent} ({err.strerror}); choose a writable -o/--out folder."
         raise OutputError(msg) from err
+    done = False
     try:
         yield tmp
         tmp.chmod(0o755)
@@ -244,8 +248,22 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
             _merge_into(tmp, out_dir)
         else:
             tmp.rename(out_dir)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: what a failed write created, and nothing else."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (someone else wrote there meanwhile): keep it and its parents
+            return
 
 
 def volume_suffix(path: PathLike) -> str:

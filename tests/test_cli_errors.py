@@ -141,6 +141,19 @@ def test_eval_with_unusable_labels_fails(tmp_path: Path, run_output: Path, label
     assert not (pred / "evaluation").exists()
 
 
+def test_failed_eval_leaves_no_folder_it_created(tmp_path: Path, run_output: Path) -> None:
+    """A case found unusable during the evaluation (inside the staging): no `new/deeper/` parent is left behind."""
+    pred = tmp_path / "pred"
+    shutil.copytree(run_output, pred)
+    (tmp_path / "kept").mkdir()  # an existing empty parent is the user's: it stays
+    labels = _nifti(tmp_path / "small.nii.gz", np.zeros((5, 5, 4), "u1"))
+    before = sorted(tmp_path.rglob("*"))
+    for out in (tmp_path / "new" / "deeper" / "out", tmp_path / "kept" / "deeper" / "out"):
+        _fails_cleanly(["eval", str(pred), "--labels", str(labels), "-o", str(out)], tmp_path,
+                       "Nothing could be evaluated")  # fmt: skip
+        assert sorted(tmp_path.rglob("*")) == before, out  # folders included
+
+
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished tiny run on a 12x12x4 volume (about a second)."""

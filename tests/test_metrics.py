@@ -16,6 +16,7 @@ from aaclip_med.metrics import (
     SLICE_METRIC_COLUMNS,
     SUMMARY_COLUMNS,
     PixelAccumulator,
+    RegionWeightCache,
     UndefinedMetricWarning,
     aupro,
     auroc,
@@ -28,6 +29,7 @@ from aaclip_med.metrics import (
     lesion_detection,
     normalise_maps,
     pixel_metrics,
+    region_weights,
     slice_metric_rows,
     summary_rows,
 )
@@ -338,6 +340,54 @@ def test_binning_in_chunks_keeps_region_weights_aligned(monkeypatch: pytest.Monk
     a, b = whole.compute(), chunked.compute()
     assert a["pixel_aupro"] == pytest.approx(b["pixel_aupro"], abs=1e-12)
     assert a["pixel_aupro"] == pytest.approx(aupro(maps, masks), abs=1e-3)
+
+
+@pytest.mark.parametrize("regions", ["slice", "volume"])
+def test_region_weights_match_labelling_the_whole_mask(regions: str) -> None:
+    """Labelling only the mask's bounding box gives the weights of labelling the whole array, in the same order."""
+    rng = np.random.default_rng(3)
+    for shape, lo, hi in (((30, 40, 9), (4, 7, 2), (21, 33, 8)), ((25, 31), (3, 9), (17, 30))):
+        mask = np.zeros(shape, bool)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        mask[box] = rng.random(tuple(b - a for a, b in zip(lo, hi, strict=True))) < 0.4
+        for axis in range(len(shape)):
+            structure = np.ones((3,) * len(shape), bool)
+            if regions == "slice" and len(shape) == 3:
+                structure = np.zeros_like(structure)
+                structure[tuple(slice(1, 2) if a == axis else slice(None) for a in range(3))] = True
+            labels, n = ndimage.label(mask, structure=structure)
+            sizes = np.bincount(labels.ravel())
+            got, n_got = region_weights(mask[:, ::-1][:, ::-1], regions, axis)  # a view, not a copy
+            assert n_got == n >= 1 and np.array_equal(got, 1.0 / sizes[labels[mask]]), (shape, axis)
+    empty = [region_weights(np.zeros(shape, bool)) for shape in ((4, 5, 3), (4, 5))]
+    assert [(w.size, n) for w, n in empty] == [(0, 0), (0, 0)]
+
+
+def test_region_weight_cache_labels_each_mask_and_region_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maps evaluated against one mask and one ``valid`` share one labelling; the pooled metrics do not change."""
+    import aaclip_med.metrics.pixel as pixel_module
+
+    maps, masks = blob_set(5)
+    valid = np.zeros_like(masks, bool)
+    valid[:, 4:, :] = True
+    calls: list[int] = []
+    labelled = pixel_module.region_weights
+
+    def counting(mask: np.ndarray, regions: str = "slice", slice_axis: int = -1) -> tuple[np.ndarray, int]:
+        calls.append(slice_axis)
+        return labelled(mask, regions, slice_axis)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pixel_module, "region_weights", counting)
+    cache = RegionWeightCache()
+    for region in (None, valid):
+        for k in range(3):
+            shared, alone = PixelAccumulator(value_range=(-6, 8)), PixelAccumulator(value_range=(-6, 8))
+            shared.update(maps + k, masks, valid=region, slice_axis=0, regions_cache=cache)
+            alone.update(maps + k, masks, valid=region, slice_axis=0)
+            assert shared.compute() == alone.compute()
+    assert len(cache) == 2 and len(calls) == 2 + 6  # with the cache: once per region; without: once per map
+    PixelAccumulator().update(maps, masks, valid=valid, slice_axis=1, regions_cache=cache)  # another rule
+    assert len(cache) == 3
 
 
 def test_eval_and_sheets_share_one_minmax_rule() -> None:

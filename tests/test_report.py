@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from aaclip_med import report
-from aaclip_med._files import atomic_path, sha256_file
+from aaclip_med._files import atomic_path, sha256_file, staged_output
 from aaclip_med.errors import ConfigError, GeometryError, UnsupportedFormatError
 from aaclip_med.report.run_json import PROVENANCE_PACKAGES
 
@@ -245,6 +245,22 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_text("partial")
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_output_failure_removes_the_parents_it_created(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    for out in (tmp_path / "new" / "deeper" / "out", tmp_path / "old" / "deeper" / "out"):
+        with pytest.raises(RuntimeError), staged_output(out) as tmp:
+            (tmp / "half.csv").write_text("partial")
+            raise RuntimeError
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["old"]  # the existing folder stays
+    with pytest.raises(RuntimeError), staged_output(tmp_path / "new" / "deeper" / "out"):
+        (tmp_path / "new" / "busy").mkdir()  # a parent that someone fills meanwhile is kept
+        raise RuntimeError
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["new", "new/busy", "old"]
+    with staged_output(tmp_path / "ok" / "deeper" / "out") as tmp:  # success: the parents stay, of course
+        (tmp / "done.csv").write_text("x")
+    assert (tmp_path / "ok" / "deeper" / "out" / "done.csv").is_file()
 
 
 # --- provenance ---------------------------------------------------------------------------------------------

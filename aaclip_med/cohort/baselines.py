@@ -127,7 +127,7 @@ class RegionSet:
                 if (map_name, region) == ("model", "all") or (map_name in BASELINE_MAPS[1:] and region != "organ"):
                     continue  # the model over all voxels is the peer-paper row; a deviation needs its organ
                 acc = self.pixels.setdefault((map_name, region), metrics.PixelAccumulator())
-                acc.update(values, ref, valid=valid, slice_axis=slice_axis)
+                acc.update(values, ref, valid=valid, slice_axis=slice_axis, regions_cache=volumes.regions)
                 if (map_name, region) in _CASE_KEYS:
                     one = metrics.PixelAccumulator(with_aupro=False)
                     one.update(values, ref, valid=valid, slice_axis=slice_axis)

@@ -5,6 +5,8 @@ and its reference mask twice (the metrics, the page's outline); a DICOM series c
 :func:`~aaclip_med.cohort.summary.assemble` makes one :class:`CaseVolumes` per case and lets it go when the case
 is done, so a read is never repeated and at most one case's volumes are held at a time (memory stays flat in the
 cohort's size). The arrays handed out are read-only: they are shared, so no consumer may change them in place.
+The case's AUPRO regions are shared the same way (:attr:`CaseVolumes.regions`): every map evaluated against the
+reference mask in a region (the model's, the baselines') reuses one labelling of its connected components.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from aaclip_med.errors import AACLIPMedError, ManifestError
 from aaclip_med.manifest import Case
+from aaclip_med.metrics.pixel import RegionWeightCache
 from aaclip_med.volume import Volume
 
 __all__ = ["CaseVolumes", "read_array"]
@@ -38,6 +41,8 @@ class CaseVolumes:
     Attributes:
         case: The case (``image``, ``mask`` are read from it).
         case_dir: Its finished run folder (``heatmap.nii.gz``, ``mask.nii.gz``).
+        regions: The AUPRO region weights of the case's reference mask per evaluated region, computed once for
+            all maps (pass it to :meth:`~aaclip_med.metrics.PixelAccumulator.update` as ``regions_cache``).
 
     Example:
         >>> vols = CaseVolumes(Case("c1", Path("c1.nii.gz"), mask=Path("c1_mask.nii.gz")), Path("out/cases/c1"))
@@ -50,6 +55,7 @@ class CaseVolumes:
         self.case = case
         self.case_dir = case_dir
         self._read: dict[str, Volume | np.ndarray | AACLIPMedError] = {}
+        self.regions = RegionWeightCache()
 
     def image(self) -> Volume:
         """The source image the run scored (``case.image``).

@@ -207,10 +207,10 @@ def _metrics(
         slice_scores = np.where(scored, slice_scores, value)
     if group.pixels is None:
         group.pixels = metrics.PixelAccumulator(threshold=threshold)
-    group.pixels.update(heatmap, ref, slice_axis=axis)
+    group.pixels.update(heatmap, ref, slice_axis=axis, regions_cache=volumes.regions)
     row = metrics.case_row(case.case_id, score=score, label=case.label, heatmap=heatmap, mask=ref,
-                           threshold=threshold, pred_mask=volumes.prediction() > 0,
-                           spacing=spacing, slice_axis=axis, reasons=reasons)
+                           threshold=threshold, pred_mask=volumes.prediction() > 0, spacing=spacing,
+                           slice_axis=axis, reasons=reasons, regions_cache=volumes.regions)
     group.rows.append(row)
     group.volume_labels.append(row["label"])
     group.volume_scores.append(score)

@@ -3,7 +3,8 @@
 - Image and volume level (:mod:`~aaclip_med.metrics.ranking`): :func:`auroc`, :func:`average_precision`,
   :func:`f1_max`, :func:`image_metrics` (``prefix="volume"`` for volume scores).
 - Pixel level (:mod:`~aaclip_med.metrics.pixel`): :class:`PixelAccumulator` (memory-bounded histograms or exact),
-  :func:`pixel_metrics` (one case), :func:`aupro` (MVTec AD protocol, FPR <= 0.3, normalised).
+  :func:`pixel_metrics` (one case), :func:`aupro` (MVTec AD protocol, FPR <= 0.3, normalised),
+  :class:`RegionWeightCache` (a case's AUPRO regions labelled once for all its maps).
 - Masks (:mod:`~aaclip_med.metrics.segmentation`): :func:`dice_iou`, :func:`lesion_detection`.
 - Sheets (:mod:`~aaclip_med.metrics.rows`): :func:`normalise_maps`, :func:`evaluate_set`,
   :func:`slice_metric_rows`, :func:`case_row`, :func:`summary_rows` and their column tuples.
@@ -20,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from aaclip_med.metrics._common import UndefinedMetricWarning
-from aaclip_med.metrics.pixel import PixelAccumulator, aupro, pixel_metrics, region_weights
+from aaclip_med.metrics.pixel import PixelAccumulator, RegionWeightCache, aupro, pixel_metrics, region_weights
 from aaclip_med.metrics.ranking import (
     auroc,
     average_precision,
@@ -46,6 +47,7 @@ __all__ = [
     "SLICE_METRIC_COLUMNS",
     "SUMMARY_COLUMNS",
     "PixelAccumulator",
+    "RegionWeightCache",
     "UndefinedMetricWarning",
     "aupro",
     "auroc",

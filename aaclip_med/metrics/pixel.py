@@ -7,7 +7,9 @@ region above the threshold, FPR is over all normal pixels of the set, and the PR
 FPR 0.3 (trapezoid rule, interpolated at the limit) and divided by 0.3.
 
 Regions: ``regions="slice"`` (default) labels each 2D slice of a volume on its own, as the papers label each 2D
-image, so a lesion spanning 10 slices counts as 10 regions; ``regions="volume"`` labels 3D components.
+image, so a lesion spanning 10 slices counts as 10 regions; ``regions="volume"`` labels 3D components. Labelling
+is the costly part of an update: where several maps are evaluated against one mask (``eval``: the model's map and
+the baselines, in each region), a :class:`RegionWeightCache` labels each (mask, region) once for all of them.
 
 Binned mode (default) keeps three histograms of ``bins`` bins (positive counts, negative counts, positive region
 weights): memory does not grow with the cohort. When a score falls outside the current range, the range doubles
@@ -20,7 +22,7 @@ result is a hard bound for AUROC. ``exact=True`` keeps every score and calls sci
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +34,7 @@ from aaclip_med.metrics._common import NAN, check_finite, class_reason, report_r
 from aaclip_med.metrics.ranking import auroc, average_precision, f1_max, histogram_metrics, weighted_aupro
 from aaclip_med.metrics.segmentation import overlap_scores
 
-__all__ = ["PixelAccumulator", "aupro", "pixel_metrics", "region_weights"]
+__all__ = ["PixelAccumulator", "RegionWeightCache", "aupro", "pixel_metrics", "region_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,54 @@ def region_weights(mask: np.ndarray, regions: Regions = "slice", slice_axis: int
         flat = np.zeros_like(structure)
         flat[tuple(keep)] = True
         structure = flat
-    labels, n_regions = ndimage.label(mask, structure=structure)
+    mask = np.asarray(mask, dtype=bool)
+    boxes = ndimage.find_objects(mask.view(np.uint8))  # [the box of the True pixels], or [] when there is none
+    inside = mask[boxes[0] if boxes else (slice(0, 0),) * mask.ndim]  # every region lies in it, pixels in order
+    labels, n_regions = ndimage.label(inside, structure=structure)
     sizes = np.bincount(labels.ravel()).astype(np.float64)
-    return 1.0 / sizes[labels[mask]], int(n_regions)
+    return 1.0 / sizes[labels[inside]], int(n_regions)
+
+
+_Weights = tuple[np.ndarray, int]
+
+
+class RegionWeightCache:
+    """The :func:`region_weights` of one case's masks, computed once per (mask, valid, region rule, slice axis).
+
+    Every map of a case (the model's, the baselines') is evaluated against the same reference mask in the same
+    regions: pass one cache to each :meth:`PixelAccumulator.update` of the case and the mask's components are
+    labelled once per evaluated region instead of once per map. Entries are keyed by the identity of the ``mask``
+    and ``valid`` objects given to ``update`` (the cache holds them, so an identity cannot be reused), so those
+    arrays must not change while the cache is in use: keep one cache per case and let it go with the case.
+
+    Example:
+        >>> cache, mask = RegionWeightCache(), np.array([[0, 1], [1, 1]])
+        >>> for score_map in (np.array([[0.1, 0.9], [0.8, 0.7]]), np.array([[0.5, 0.6], [0.2, 0.9]])):
+        ...     PixelAccumulator().update(score_map, mask, regions_cache=cache)  # one labelling for both
+        >>> len(cache)
+        1
+    """
+
+    def __init__(self) -> None:
+        """An empty cache."""
+        self._entries: dict[tuple[int, int, str, int], tuple[object, object, _Weights]] = {}
+
+    def __len__(self) -> int:
+        """How many (mask, valid, region rule, slice axis) entries were computed."""
+        return len(self._entries)
+
+    def get(
+        self, mask: object, valid: object, regions: Regions, slice_axis: int, compute: Callable[[], _Weights]
+    ) -> _Weights:
+        """``(weights, n_regions)`` of ``mask`` inside ``valid``: ``compute()`` once, the stored result after.
+
+        ``mask`` and ``valid`` are the objects given to :meth:`PixelAccumulator.update` (``valid`` may be None);
+        ``compute`` gives :func:`region_weights` of the evaluated mask.
+        """
+        key = (id(mask), id(valid), regions, slice_axis)
+        if key not in self._entries:
+            self._entries[key] = (mask, valid, compute())
+        return self._entries[key][2]
 
 
 class PixelAccumulator:
@@ -121,6 +168,7 @@ class PixelAccumulator:
         *,
         valid: npt.ArrayLike | None = None,
         slice_axis: int = -1,
+        regions_cache: RegionWeightCache | None = None,
     ) -> None:
         """Add one case (a 2D image or a 3D volume).
 
@@ -129,6 +177,8 @@ class PixelAccumulator:
             mask: Ground truth of the same shape (> 0 is anomalous); all-zero for normal cases.
             valid: Optional boolean array; pixels where it is False are left out (e.g. unscored slices).
             slice_axis: Slice axis of a 3D case, for ``regions="slice"``.
+            regions_cache: The case's :class:`RegionWeightCache`: the AUPRO regions of this ``mask`` and
+                ``valid`` are labelled once for every map evaluated against them.
 
         Raises:
             GeometryError: The arrays' shapes differ or are not 2D/3D.
@@ -155,7 +205,11 @@ class PixelAccumulator:
         check_finite(sv, "pixel map")
         w_pos = np.ones(int(np.count_nonzero(y)))  # weights of the anomalous pixels, in sv[y] order
         if self.with_aupro:
-            w_pos, n = region_weights(m, self.regions, slice_axis)
+            if regions_cache is None:
+                w_pos, n = region_weights(m, self.regions, slice_axis)
+            else:  # the mask and valid objects as given: the cache knows them by identity
+                w_pos, n = regions_cache.get(mask, valid, self.regions, slice_axis,
+                                             lambda: region_weights(m, self.regions, slice_axis))  # fmt: skip
             self.n_regions += n
         self.n_cases += 1
         if self.threshold is not None:
@@ -286,6 +340,7 @@ def pixel_metrics(
     slice_axis: int = -1,
     fpr_limit: float = 0.3,
     reasons: list[str] | None = None,
+    regions_cache: RegionWeightCache | None = None,
 ) -> dict[str, Any]:
     """Pixel metrics of one case (e.g. per volume): a one-case :class:`PixelAccumulator`.
 
@@ -299,12 +354,13 @@ def pixel_metrics(
         slice_axis: Slice axis of a 3D case.
         fpr_limit: AUPRO integration limit.
         reasons: List that collects why values are NaN; ``None`` warns once instead.
+        regions_cache: The case's :class:`RegionWeightCache` (its AUPRO regions labelled once for all maps).
 
     Returns:
         The dict of :meth:`PixelAccumulator.compute`.
     """
     acc = PixelAccumulator(exact=exact, threshold=threshold, regions=regions, fpr_limit=fpr_limit)
-    acc.update(score_map, mask, valid=valid, slice_axis=slice_axis)
+    acc.update(score_map, mask, valid=valid, slice_axis=slice_axis, regions_cache=regions_cache)
     own: list[str] = []
     out = acc.compute(reasons=own)
     report_reasons(own, reasons)

@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from aaclip_med.errors import ConfigError
 from aaclip_med.metrics._common import NAN, report_reasons, undefined
-from aaclip_med.metrics.pixel import PixelAccumulator, Regions, pixel_metrics
+from aaclip_med.metrics.pixel import PixelAccumulator, Regions, RegionWeightCache, pixel_metrics
 from aaclip_med.metrics.ranking import image_metrics
 from aaclip_med.metrics.segmentation import dice_iou, lesion_detection
 
@@ -282,6 +282,7 @@ def case_row(
     exact: bool = False,
     min_iou: float = 0.0,
     reasons: list[str] | None = None,
+    regions_cache: RegionWeightCache | None = None,
 ) -> dict[str, Any]:
     """One case's metric columns of ``cases.csv`` (:data:`CASE_METRIC_COLUMNS`): pixel, overlap and lesion metrics.
 
@@ -300,6 +301,8 @@ def case_row(
         exact: scikit-learn on all voxels instead of 10,000-bin histograms.
         min_iou: IoU a lesion needs to count as detected.
         reasons: List that collects why values are NaN; ``None`` warns once instead.
+        regions_cache: The case's :class:`~aaclip_med.metrics.RegionWeightCache` (AUPRO regions labelled once
+            for every map of the case).
 
     Returns:
         The row; ``reasons`` joined with ``"; "``.
@@ -322,6 +325,7 @@ def case_row(
             regions=regions,
             slice_axis=slice_axis,
             reasons=own,
+            regions_cache=regions_cache,
         )
         row.update({k: px[k] for k in (*_PIXEL, *_OVERLAP)})
         row.update(n_ref=float(px["tp"] + px["fn"]), n_pred=float(px["tp"] + px["fp"]))
