@@ -217,13 +217,15 @@ def export_blocker(source_files: Sequence[str]) -> str | None:
     Args:
         source_files: ``Volume.source_files`` of a DICOM volume (file paths or ``"x.zip::member"``).
     """
-    from aaclip_med.io.dicom_series import read_dataset
+    from aaclip_med.io.dicom_series import ZipArchives, read_dataset
 
     refs = list(dict.fromkeys(source_files))
     if not refs:
         return "the input is not DICOM, so a DICOM SEG/Parametric Map has no source images to reference"
     try:
-        _check_attributes([read_dataset(ref, header_only=True) for ref in refs], refs)
+        with ZipArchives() as zips:
+            headers = [read_dataset(ref, header_only=True, archives=zips) for ref in refs]
+        _check_attributes(headers, refs)
     except UnsupportedFormatError as err:
         return str(err)
     return None

@@ -20,7 +20,7 @@ from pydicom.pixels.processing import apply_modality_lut
 
 from aaclip_med._typing import Affine, Array
 from aaclip_med.errors import DicomSeriesError, UnsupportedFormatError
-from aaclip_med.io.dicom_series import SeriesInfo, read_dataset
+from aaclip_med.io.dicom_series import SeriesInfo, ZipArchives, archives_for, read_dataset
 
 __all__ = ["DecodedSeries", "decode_series"]
 
@@ -242,18 +242,21 @@ def _meta(ds: Dataset, info: SeriesInfo) -> dict[str, Any]:
     }
 
 
-def decode_series(info: SeriesInfo, source: str) -> DecodedSeries:
+def decode_series(info: SeriesInfo, source: str, archives: ZipArchives | None = None) -> DecodedSeries:
     """Read the pixel data of a series and build the volume on its source grid.
+
+    ``archives``: the open archives of the read in progress (the one discovery used); ``None`` opens its own.
 
     Raises:
         UnsupportedFormatError: missing, truncated or undecodable pixel data (names the plugin to install).
         DicomSeriesError: slices that cannot form one grid (mixed orientation or size).
     """
     warns: list[str] = []
-    first = read_dataset(info.headers[0].ref)
-    frames = _frames(first, info.headers[0].ref, warns)
-    for header in info.headers[1:]:
-        frames.extend(_frames(read_dataset(header.ref), header.ref, warns))
+    with archives_for(archives) as zips:
+        first = read_dataset(info.headers[0].ref, archives=zips)
+        frames = _frames(first, info.headers[0].ref, warns)
+        for header in info.headers[1:]:
+            frames.extend(_frames(read_dataset(header.ref, archives=zips), header.ref, warns))
     frames, pos, affine = _geometry(frames, first, source, warns)
     data = np.stack([f.pixels.T for f in frames], axis=-1)
     meta = _meta(first, info)

@@ -11,9 +11,10 @@ import io
 import logging
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -24,9 +25,10 @@ from aaclip_med.errors import DicomSeriesError, UnsupportedFormatError, did_you_
 __all__ = [
     "Header",
     "SeriesInfo",
+    "ZipArchives",
+    "archives_for",
     "discover",
     "list_series",
-    "open_ref",
     "read_dataset",
     "select_series",
     "try_read_dataset",
@@ -102,36 +104,95 @@ class SeriesInfo:
         }
 
 
-def open_ref(ref: str) -> str | io.BytesIO:
-    """A path or in-memory buffer that ``pydicom.dcmread`` can read for a file reference."""
-    if ZIP_SEP in ref:
+class ZipArchives:
+    """The zip archives of one read, each opened (its central directory parsed) once and closed at the end.
+
+    A context manager: pass it through discovery and decoding of one read, so that the thousands of members of
+    an archive (e.g. 3D-IRCADb's ``MASKS_DICOM.zip``) do not each re-open it. It holds no global state; use one
+    per read and thread (a :class:`zipfile.ZipFile` is not meant to be opened concurrently from several threads).
+
+    Example:
+        >>> with ZipArchives() as zips:  # doctest: +SKIP
+        ...     ds = read_dataset("masks.zip::liver/image_0", archives=zips)
+    """
+
+    def __init__(self) -> None:
+        """Start with no archive open."""
+        self._open: dict[str, zipfile.ZipFile] = {}
+
+    def __enter__(self) -> ZipArchives:
+        """The handle itself."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close every archive opened, also on errors."""
+        self.close()
+
+    def archive(self, path: str | Path) -> zipfile.ZipFile:
+        """The open archive at ``path``, opened on first use."""
+        key = str(path)
+        if key not in self._open:
+            self._open[key] = zipfile.ZipFile(key)
+        return self._open[key]
+
+    @contextmanager
+    def open(self, ref: str, *, header_only: bool = False) -> Iterator[str | IO[bytes]]:
+        """A path or file object that ``pydicom.dcmread`` can read for a file reference.
+
+        ``header_only`` streams a zip member (decompressing only the part read) instead of reading it whole.
+        """
+        if ZIP_SEP not in ref:
+            yield ref
+            return
         archive, member = ref.split(ZIP_SEP, 1)
-        with zipfile.ZipFile(archive) as zf:
-            return io.BytesIO(zf.read(member))
-    return ref
+        zf = self.archive(archive)
+        if header_only:
+            with zf.open(member) as stream:
+                yield stream
+        else:
+            yield io.BytesIO(zf.read(member))
+
+    def close(self) -> None:
+        """Close the archives opened so far."""
+        for zf in self._open.values():
+            zf.close()
+        self._open.clear()
 
 
-def read_dataset(ref: str, *, header_only: bool = False) -> Dataset:
+@contextmanager
+def archives_for(given: ZipArchives | None) -> Iterator[ZipArchives]:
+    """The caller's open archives, or a handle of its own for one call (closed at its end) when ``None``."""
+    if given is not None:
+        yield given
+        return
+    with ZipArchives() as own:
+        yield own
+
+
+def read_dataset(ref: str, *, header_only: bool = False, archives: ZipArchives | None = None) -> Dataset:
     """Read one DICOM object; files without the 128-byte preamble are accepted when they carry a SOP class.
 
     Args:
         ref: File path or ``"x.zip::member"``.
         header_only: Stop before the pixel data.
+        archives: The open archives of the read in progress (one is opened for this call when ``None``).
 
     Raises:
         UnsupportedFormatError: the file is not DICOM or cannot be parsed.
     """
-    for force in (False, True):
-        try:
-            ds = pydicom.dcmread(open_ref(ref), stop_before_pixels=header_only, force=force)
-        except InvalidDicomError:
-            continue
-        except Exception as err:  # pydicom raises many types on corrupt files
-            why = f"{type(err).__name__}: {err}".replace("\n", " ")
-            msg = f"'{ref}' could not be parsed as DICOM ({why}); check the file is complete."
-            raise UnsupportedFormatError(msg) from err
-        if not force or "SOPClassUID" in ds:
-            return ds
+    with archives_for(archives) as zips:
+        for force in (False, True):
+            try:
+                with zips.open(ref, header_only=header_only) as source:
+                    ds = pydicom.dcmread(source, stop_before_pixels=header_only, force=force)
+            except InvalidDicomError:
+                continue
+            except Exception as err:  # pydicom raises many types on corrupt files
+                why = f"{type(err).__name__}: {err}".replace("\n", " ")
+                msg = f"'{ref}' could not be parsed as DICOM ({why}); check the file is complete."
+                raise UnsupportedFormatError(msg) from err
+            if not force or "SOPClassUID" in ds:
+                return ds
     msg = (
         f"'{ref}' is not a DICOM file (no DICM preamble or SOP class); "
         "pass a DICOM file, folder, zip or DICOMDIR, or a .nii/.nii.gz/.nrrd/.mha/.mhd image."
@@ -139,16 +200,18 @@ def read_dataset(ref: str, *, header_only: bool = False) -> Dataset:
     raise UnsupportedFormatError(msg)
 
 
-def try_read_dataset(ref: str, *, header_only: bool = False) -> Dataset | None:
+def try_read_dataset(
+    ref: str, *, header_only: bool = False, archives: ZipArchives | None = None
+) -> Dataset | None:
     """Like :func:`read_dataset` but ``None`` for files that are not (readable) DICOM, e.g. in a folder scan."""
     try:
-        return read_dataset(ref, header_only=header_only)
+        return read_dataset(ref, header_only=header_only, archives=archives)
     except UnsupportedFormatError as err:
         logger.debug("skipping %s", err)
         return None
 
 
-def _refs(path: Path, folder: str | None = None) -> tuple[list[str], str]:
+def _refs(path: Path, folder: str | None, zips: ZipArchives) -> tuple[list[str], str]:
     """File references under ``path`` and the kind of input ("file", "folder", "zip", "dicomdir").
 
     ``folder``: keep only the files inside a sub-folder of that name (at any depth; folders and zips only).
@@ -158,8 +221,7 @@ def _refs(path: Path, folder: str | None = None) -> tuple[list[str], str]:
         files = sorted(str(p) for p in found if folder is None or folder in p.relative_to(path).parent.parts)
         return files, "folder"
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            members = [m.filename for m in zf.infolist() if not m.is_dir()]
+        members = [m.filename for m in zips.archive(path).infolist() if not m.is_dir()]
         members = [m for m in members if folder is None or folder in PurePosixPath(m).parent.parts]
         return [f"{path}{ZIP_SEP}{m}" for m in members if not Path(m).name.startswith(".")], "zip"
     return [str(path)], "file"
@@ -171,10 +233,14 @@ def _dicomdir_refs(ds: Dataset) -> list[str]:
     return [str(Path(inst.path)) for inst in FileSet(ds)]
 
 
-def discover(path: Path, folder: str | None = None) -> tuple[list[Header], str]:
+def discover(
+    path: Path, folder: str | None = None, archives: ZipArchives | None = None
+) -> tuple[list[Header], str]:
     """Read the headers of every DICOM object in a file, folder (recursive), zip or DICOMDIR.
 
     ``folder``: only the objects inside sub-folders of that name (e.g. ``liver`` in 3D-IRCADb's MASKS_DICOM).
+    ``archives``: the open archives of the read in progress (pass the same to the decoding); ``None`` opens and
+    closes its own.
 
     Returns:
         The headers (DICOMDIR objects themselves excluded) and the input kind.
@@ -183,22 +249,24 @@ def discover(path: Path, folder: str | None = None) -> tuple[list[Header], str]:
         UnsupportedFormatError: a single file that is not DICOM.
         DicomSeriesError: a folder or zip without any DICOM object.
     """
-    refs, kind = _refs(path, folder)
-    single = kind == "file"
-    headers: list[Header] = []
-    for ref in refs:
-        ds = read_dataset(ref, header_only=True) if single else try_read_dataset(ref, header_only=True)
-        if ds is None:
-            continue
-        sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-        if sop == _DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
-            if single:
-                headers.extend(
-                    Header(r, h) for r in _dicomdir_refs(ds) if (h := try_read_dataset(r, header_only=True))
-                )
-                kind = "dicomdir"
-            continue
-        headers.append(Header(ref, ds))
+    with archives_for(archives) as zips:
+        refs, kind = _refs(path, folder, zips)
+        single = kind == "file"
+        headers: list[Header] = []
+        for ref in refs:
+            read = read_dataset if single else try_read_dataset
+            ds = read(ref, header_only=True, archives=zips)
+            if ds is None:
+                continue
+            sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+            if sop == _DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
+                if single:
+                    headers.extend(
+                        Header(r, h) for r in _dicomdir_refs(ds) if (h := try_read_dataset(r, header_only=True))
+                    )
+                    kind = "dicomdir"
+                continue
+            headers.append(Header(ref, ds))
     if not headers:
         where = f"'{path}'" if folder is None else f"the '{folder}' folders of '{path}'"
         msg = f"No DICOM files found in {where} ({len(refs)} files searched recursively); pass DICOM files."
@@ -300,10 +368,7 @@ def list_series(path: str | Path) -> list[dict[str, Any]]:
 
 
 def iter_datasets(refs: Sequence[str]) -> Iterator[Dataset]:
-    """Full datasets (with pixel data) for file references, in order; each distinct file is read once."""
-    seen: set[str] = set()
-    for ref in refs:
-        if ref in seen:
-            continue
-        seen.add(ref)
-        yield read_dataset(ref)
+    """Full datasets (with pixel data) for file references, in order; each distinct file (and zip) is read once."""
+    with ZipArchives() as zips:
+        for ref in dict.fromkeys(refs):
+            yield read_dataset(ref, archives=zips)

@@ -21,7 +21,7 @@ from aaclip_med._files import DICOM_SUFFIXES, NIFTI_SUFFIXES, VOLUME_SUFFIXES, v
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.errors import ConfigError, DicomSeriesError, UnsupportedFormatError
 from aaclip_med.io.dicom_decode import decode_series
-from aaclip_med.io.dicom_series import discover, group_series, iter_datasets, select_series
+from aaclip_med.io.dicom_series import ZipArchives, discover, group_series, iter_datasets, select_series
 from aaclip_med.io.image_file import read_nifti, read_sitk
 from aaclip_med.volume import Volume, replace_nan
 
@@ -47,13 +47,14 @@ def guess_modality(data: Array) -> str:
 
 
 def _read_dicom(path: Path, series: str | int | None, folder: str | None = None) -> tuple[Volume, list[str]]:
-    headers, kind = discover(path, folder)
-    found, skipped = group_series(headers)
-    if kind == "file" and skipped:
-        msg = f"'{path}' is {skipped[0].split(': ', 1)[1]}, not an image; pass an image series (CT/MR)."
-        raise UnsupportedFormatError(msg)
-    info = select_series(found, skipped, series, str(path))
-    decoded = decode_series(info, str(path))
+    with ZipArchives() as zips:  # a zip is opened once for discovery and decoding
+        headers, kind = discover(path, folder, zips)
+        found, skipped = group_series(headers)
+        if kind == "file" and skipped:
+            msg = f"'{path}' is {skipped[0].split(': ', 1)[1]}, not an image; pass an image series (CT/MR)."
+            raise UnsupportedFormatError(msg)
+        info = select_series(found, skipped, series, str(path))
+        decoded = decode_series(info, str(path), zips)
     decoded.meta["dicom_input"] = kind
     decoded.meta["n_files"] = len(info.headers)
     modality = info.modality or None
