@@ -14,14 +14,13 @@ from pydicom.uid import generate_uid
 from aaclip_med.dicom_export.common import export_blocker
 from aaclip_med.errors import UnsupportedFormatError
 from aaclip_med.io import list_series, load_source_datasets, read_dicom_folder, read_volume
-from aaclip_med.io import dicom_series
 from tests.conftest import SeriesSpec, build_series
 
 MASKS = "data/liver_3dircadb1_patient01/3Dircadb1.1/MASKS_DICOM.zip"
 
 
 class _Opened:
-    """Every zipfile.ZipFile made while patched in (the reader's module looks it up at call time)."""
+    """Every zipfile.ZipFile made while patched in (aaclip_med.io.dicom_series looks it up at each call)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.archives: list[zipfile.ZipFile] = []
@@ -33,7 +32,7 @@ class _Opened:
                 super().__init__(*args, **kwargs)
                 opened.append(self)
 
-        monkeypatch.setattr(dicom_series.zipfile, "ZipFile", Counting)
+        monkeypatch.setattr("aaclip_med.io.dicom_series.zipfile.ZipFile", Counting)
 
     def take(self) -> list[zipfile.ZipFile]:
         """The archives opened since the last call; asserts they are all closed again."""
@@ -91,7 +90,7 @@ def test_the_zip_is_closed_when_the_read_fails(tmp_path: Path, opened: _Opened) 
 
 
 def _without_preamble(path: Path, series_uid: str) -> bytes:
-    """A copy in another series, stored without preamble, DICM and file meta: readable only with pydicom's force."""
+    """A copy in another series without preamble, DICM and file meta: readable only with pydicom's force."""
     ds = pydicom.dcmread(path)
     ds.SeriesInstanceUID = series_uid
     copy = path.parent.with_name("other.dcm")  # outside the series folder

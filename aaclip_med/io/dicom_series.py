@@ -109,7 +109,7 @@ class ZipArchives:
 
     A context manager: pass it through discovery and decoding of one read, so that the thousands of members of
     an archive (e.g. 3D-IRCADb's ``MASKS_DICOM.zip``) do not each re-open it. It holds no global state; use one
-    per read and thread (a :class:`zipfile.ZipFile` is not meant to be opened concurrently from several threads).
+    per read, never shared between reads or threads (each thread or Dask task reading a zip opens its own).
 
     Example:
         >>> with ZipArchives() as zips:  # doctest: +SKIP
