@@ -45,18 +45,25 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, max_n: int, budget_s: 
 
 
 def sustained_gemm(
-    model: AACLIP, budget_s: float, reps_range: tuple[int, int] = (5, 30), dtype: torch.dtype | None = None
+    model: AACLIP, budget_s: float, reps_range: tuple[int, int] = (5, 30), dtype: torch.dtype | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Median GFLOP/s of the model's first MLP ``c_fc`` (``F.linear`` + bias) at one slice's token count.
 
     The shape of the layer that dominates the run (ViT-L at 518 px: 1370 x 1024 by 4096 x 1024), repeated
     back to back, so it is the rate the model's linears can sustain here. FLOPs: 2 per multiply-add, bias not
-    counted (as in ``analytic_flops``).
+    counted (as in ``analytic_flops``). ``int8``: the layer as the int8 path runs it (a dynamic int8 linear of
+    ``aaclip_med.model.quantize``, fp32 in and out), its rate in fp32-equivalent FLOPs.
     """
     fc = model.clip.visual.transformer.resblocks[0].mlp.c_fc
     tokens = analytic_flops(model)["tokens"]
-    x = torch.randn(tokens, fc.in_features, device=model.device, dtype=fc.weight.dtype)
-    fn = functools.partial(F.linear, x, fc.weight.detach(), fc.bias.detach())
+    x = torch.randn(tokens, fc.in_features, device=model.device, dtype=torch.float32 if int8 else fc.weight.dtype)
+    if int8:
+        from aaclip_med.model.quantize import quantized_linear
+
+        fn = functools.partial(quantized_linear(fc.weight, fc.bias), x)
+    else:
+        fn = functools.partial(F.linear, x, fc.weight.detach(), fc.bias.detach())
     with torch.inference_mode():
         sec, _ = timed(fn, model.device)  # warm-up doubles as the cost estimate
         reps = max(reps_range[0], min(reps_range[1], int(budget_s / max(sec, 1e-9))))
@@ -65,7 +72,7 @@ def sustained_gemm(
         ]
     return {
         "shape": f"({tokens} x {fc.in_features}) by ({fc.out_features} x {fc.in_features}) + bias",
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": "int8 (dynamic)" if int8 else str(dtype).removeprefix("torch."),
         "reps": reps,
         "gflops": statistics.median(rates),
         "gflops_min": min(rates),
@@ -143,18 +150,23 @@ def block_precision_probe(model: AACLIP) -> dict[str, Any]:
     return out
 
 
-def peak_precision(device: torch.device) -> str:
-    """The dtype whose peak the model is held to: fp16 on CUDA, bf16 on AMX CPUs, fp32 on other CPUs."""
+def peak_precision(device: torch.device, default_precision: str | None = None) -> str:
+    """The precision whose rate the default is held to: fp16 on CUDA, int8 where the default runs int8 (CPUs
+    without AMX since the guarded int8 default), bf16 on AMX CPUs, else fp32."""
     from aaclip_med.model.backends import cpu_isa
 
-    return "fp16" if device.type == "cuda" else "bf16" if cpu_isa() == "amx" else "fp32"
+    if device.type == "cuda":
+        return "fp16"
+    return "int8" if default_precision == "int8" else "bf16" if cpu_isa() == "amx" else "fp32"
 
 
 def peak_section(
-    model: AACLIP, s_per_slice: float, max_n: int, budget_s: float, count_flops: bool
+    model: AACLIP, s_per_slice: float, max_n: int, budget_s: float, count_flops: bool,
+    default_precision: str | None = None,
 ) -> dict[str, Any]:
-    """FLOPs per slice, matmul peaks (fp32, bf16, fp16 on CUDA), sustained model-shape GEMM, the fractions of
-    them that ``s_per_slice`` (the default path) reaches, the fp32 floors, and the block precision probe."""
+    """FLOPs per slice, matmul peaks (fp32, bf16, fp16 on CUDA), sustained model-shape GEMM in the default's
+    precision (``peak_precision``: int8 where the default runs int8), the fractions of them that ``s_per_slice``
+    (the default path, fp32-equivalent FLOPs) reaches, the floors, and the block precision probe."""
     device = model.device
     flops: dict[str, Any] = dict(analytic_flops(model))
     flops["counted_plain_forward"] = counted_flops(model) if count_flops else None
@@ -162,12 +174,13 @@ def peak_section(
     if device.type == "cuda":
         dtypes["fp16"] = torch.float16
     matmul = {p: matmul_peak(dtype, device, max_n, budget_s) for p, dtype in dtypes.items()}
-    peak_dtype = peak_precision(device)
-    gemm = sustained_gemm(model, budget_s, dtype=dtypes[peak_dtype])
+    peak_dtype = peak_precision(device, default_precision)
+    int8 = peak_dtype == "int8"
+    gemm = sustained_gemm(model, budget_s, dtype=None if int8 else dtypes[peak_dtype], int8=int8)
     achieved = flops["per_slice"] / s_per_slice / 1e9
     return {
-        "peak_precision": peak_dtype,
-        "fraction_of_isa_peak": achieved / matmul[peak_dtype]["gflops"],
+        "peak_precision": peak_dtype,  # int8: no square int8 matmul peak; held to its model-shape GEMM rate
+        "fraction_of_isa_peak": achieved / (gemm if int8 else matmul[peak_dtype])["gflops"],
         "matmul": matmul,
         "sustained_gemm": gemm,
         "flops": flops,

@@ -311,7 +311,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _print_speed(res)
     fast_s = res["per_slice"][default_label(model, args.batch_size)]["s_per_slice"]
     budget = 0.2 if args.quick else args.peak_budget
-    res["peak"] = peak_section(eager, fast_s, 512 if args.quick else 4096, budget, args.quick or args.count_flops)
+    res["peak"] = peak_section(eager, fast_s, 512 if args.quick else 4096, budget, args.quick or args.count_flops,
+                               model.precision)  # fmt: skip
     res["profile_batch"] = min(args.batch_size, 2)
     # per-op: an engine (cast, compile, openvino) is one op, so the eager path of the default's precision
     res["profile"] = profile_batch(model if model.backend == "eager" else eager, res["profile_batch"], top=10)
@@ -407,12 +408,13 @@ def _print_peak(res: dict[str, Any]) -> None:
         )
     gemm = pk["sustained_gemm"]
     print(
-        f"  sustained model-shape GEMM {gemm['shape']}: {gemm['gflops']:.1f} GFLOP/s (median of {gemm['reps']}, "
-        f"{gemm['gflops_min']:.0f}-{gemm['gflops_max']:.0f}) -> fraction {pk['fraction_of_sustained_gemm']:.2f}"
+        f"  sustained model-shape GEMM {gemm['shape']}, {gemm['dtype']}: {gemm['gflops']:.1f} GFLOP/s (median of "
+        f"{gemm['reps']}, {gemm['gflops_min']:.0f}-{gemm['gflops_max']:.0f}) -> fraction "
+        f"{pk['fraction_of_sustained_gemm']:.2f}"
     )
     floor = pk["floor_s_per_slice"]
-    print(f"  fp32 floor {floor['at_fp32_peak']:.2f} s/slice at the burst peak, "
-          f"{floor['at_sustained_gemm']:.2f} s/slice at the sustained GEMM rate")  # fmt: skip
+    print(f"  floor {floor['at_fp32_peak']:.2f} s/slice at the fp32 burst peak, "
+          f"{floor['at_sustained_gemm']:.2f} s/slice at the sustained {gemm['dtype']} GEMM rate")  # fmt: skip
     probe = pk["block_precision_probe"]
     print(
         f"one ViT block, batch 1: fp32 {probe['fp32_s']:.2f} s, bf16 autocast {probe['bf16_autocast_s']:.2f} s"
