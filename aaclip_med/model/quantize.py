@@ -124,15 +124,15 @@ def quantize_vision_(clip: CLIP, attention: bool = True, originals: Originals | 
         Counts of quantised layers: ``{"mlp": ..., "attention": ...}``.
     """
     counts = {"mlp": 0, "attention": 0}
-    kept: Originals = [] if originals is None else originals
+    keep = originals.append if originals is not None else lambda _: None  # None: each fp32 module freed at once
     for block in clip.visual.transformer.resblocks:
         for name in ("c_fc", "c_proj"):
             layer = getattr(block.mlp, name)
-            kept.append((block.mlp, name, layer))
+            keep((block.mlp, name, layer))
             setattr(block.mlp, name, quantized_linear(layer.weight, layer.bias))
             counts["mlp"] += 1
         if attention and isinstance(block.attn, nn.MultiheadAttention):
-            kept.append((block, "attn", block.attn))
+            keep((block, "attn", block.attn))
             block.attn = Int8SelfAttention(block.attn)
             counts["attention"] += 2
     logger.info(
