@@ -84,15 +84,15 @@ def run_int8_guard(
     int8 = model.encode_levels(x)
     verdict = compare_maps(text_maps(fp32[0]), text_maps(int8[0]), INT8_GUARD_R)
     model.int8_guard = verdict
+    r = "undefined" if verdict["r"] is None else f"{verdict['r']:.6f}"
     if verdict["passed"]:
         originals.clear()  # the only references to the fp32 linears: freed
         model.precision = "int8"
         logger.info("int8 guard passed: maps r %s (>= %s) against fp32 on %d slices; scoring in int8",
-                    verdict["r"], verdict["threshold"], verdict["slices"])  # fmt: skip
+                    r, verdict["threshold"], verdict["slices"])  # fmt: skip
         return int8
     restore_modules_(originals)
     model.precision = "fp32"
-    r = "undefined" if verdict["r"] is None else f"{verdict['r']:.6f}"
     logger.warning(
         "int8 accuracy guard failed: maps r %s < %s (max |d| %s) against fp32 on the first %d slices; scoring in "
         "fp32 (skip the guard with --precision fp32)",
