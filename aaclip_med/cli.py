@@ -56,13 +56,12 @@ from aaclip_med.cli_options import (
     VerboseOpt,
     check_paths,
     fail,
+    heavy_imports,
     scoring_config,
     scoring_flags,
-    train_config,
     user_errors,
 )
-from aaclip_med.cli_tools import reference_app, weights_app
-from aaclip_med.config import TrainConfig
+from aaclip_med.cli_tools import reference_app, train, weights_app
 
 if TYPE_CHECKING:
     from typer._click import Context
@@ -113,14 +112,6 @@ def _main(
     ] = False,
 ) -> None:
     configure_logging(-1 if quiet else verbose)
-
-
-def _heavy_imports(what: str) -> None:
-    """Say what the next seconds of silence are: importing torch/open_clip/MONAI (several seconds cold)."""
-    import logging
-
-    if not {"torch", "monai"} <= set(sys.modules):
-        logging.getLogger("aaclip_med").info("loading %s (torch, MONAI) ...", what)
 
 
 @app.command()
@@ -206,7 +197,7 @@ def run(
     check_paths(input_path, organ_mask, Path(reference) if reference else None)
     inputs = [input_path] if organ_mask is None else [input_path, organ_mask]
     check_output_folder(out or default_output_dir(input_path), inputs, overwrite=overwrite)
-    _heavy_imports("the scoring pipeline")
+    heavy_imports("the scoring pipeline")
     from aaclip_med.pipeline import run_study
 
     outputs = run_study(input_path, out, config=cfg, series=series, volume_index=volume_index, case_id=case_id,
@@ -292,7 +283,7 @@ def batch(
     check_paths(Path(reference) if reference else None)
     check_cohort_folder(out, [] if source.is_file() else [source], resume=resume, overwrite=overwrite,
                         num_parts=num_parts)  # fmt: skip
-    _heavy_imports("the scoring pipeline")
+    heavy_imports("the scoring pipeline")
     from aaclip_med.cohort import run_cohort
 
     res = run_cohort(source, out, config=cfg, resume=resume, num_parts=num_parts, part_id=part_id,
@@ -345,72 +336,7 @@ def eval_(
     typer.echo(f"sheets: {res.out_dir}")
 
 
-_TRAIN = TrainConfig()  # the defaults the training flags' help shows
-
-
-@app.command()
-@user_errors
-def train(
-    data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
-    config: Annotated[
-        Path | None, typer.Option(help="Training TOML (TrainConfig keys); the flags given override it.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help=f"Model name (default {_TRAIN.model}).")] = None,
-    backbone_weights: BackboneOpt = None,
-    image_size: SizeOpt = None,
-    text_epochs: Annotated[
-        int | None, typer.Option(min=0, help=f"Stage 1 epochs, text adapter ({_TRAIN.text_epochs}).")
-    ] = None,
-    image_epochs: Annotated[
-        int | None, typer.Option(min=0, help=f"Stage 2 epochs, image adapter ({_TRAIN.image_epochs}).")
-    ] = None,
-    text_batch_size: Annotated[
-        int | None, typer.Option(min=1, help=f"Stage 1 slices per step ({_TRAIN.text_batch_size}).")
-    ] = None,
-    image_batch_size: Annotated[
-        int | None, typer.Option(min=1, help=f"Stage 2 slices per step ({_TRAIN.image_batch_size}).")
-    ] = None,
-    text_lr: Annotated[
-        float | None, typer.Option(min=0, help=f"Stage 1 learning rate ({_TRAIN.text_lr}).")
-    ] = None,
-    image_lr: Annotated[
-        float | None, typer.Option(min=0, help=f"Stage 2 learning rate ({_TRAIN.image_lr}).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seeds data order, augmentation, random backbone (0).")] = None,
-    device: DeviceOpt = None,
-    precision: Annotated[str | None, typer.Option(help="auto (default), fp32, bf16, fp16.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUT.")] = False,
-    preset: PresetOpt = None,
-    vv_axis: Annotated[str | None, typer.Option(help="Stage-1 V-V axis: tokens (default), batch (ref.).")] = None,
-    threshold_rule: Annotated[
-        str | None, typer.Option(help="Threshold on validation: f1 (default), youden or fpr:0.05.")
-    ] = None,
-    stage1_levels: Annotated[
-        str | None, typer.Option(help="Stage-1 loss levels: last (default, reference) or all.")
-    ] = None,
-    stage1_cls_loss: Annotated[
-        bool, typer.Option("--stage1-cls-loss", help="Add the image-level loss to stage 1 (paper Eq. 4).")
-    ] = False,
-    no_progress: NoProgressOpt = False,
-) -> None:
-    """Train both AA-CLIP stages on your labelled data.
-
-    Images or volumes; writes OUT/adapters.safetensors.
-    """
-    from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
-
-    check_paths(data, config)
-    cfg = train_config(config, locals())  # bad settings fail here, before the slow imports
-    check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
-    _heavy_imports("the training code")
-    from aaclip_med.training import train as train_adapters
-
-    path = train_adapters(data, out, cfg, resume=resume, progress=not no_progress)
-    typer.echo(f"adapters: {path}")
-    typer.echo(f"use them: aaclip-med run STUDY --model {cfg.model} --adapter-weights {path}")
-
-
+app.command()(train)
 app.add_typer(weights_app, name="weights")
 app.add_typer(reference_app, name="reference")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -220,3 +222,9 @@ def check_paths(*inputs: Path | None) -> None:
     for path in inputs:
         if path is not None:
             check_input_exists(path)
+
+
+def heavy_imports(what: str) -> None:
+    """Say what the next seconds of silence are: importing torch/open_clip/MONAI (several seconds cold)."""
+    if not {"torch", "monai"} <= set(sys.modules):
+        logging.getLogger("aaclip_med").info("loading %s (torch, MONAI) ...", what)

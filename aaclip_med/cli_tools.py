@@ -1,5 +1,6 @@
-"""The ``weights`` and ``reference`` command groups of ``aaclip-med`` (typer sub-apps that cli.py adds).
+"""The ``aaclip-med`` commands beside scoring, which cli.py adds: ``train`` and two command groups (sub-apps).
 
+``train``: both AA-CLIP stages on the user's data (:func:`aaclip_med.training.train`).
 ``weights``: list the registered models, import a backbone file for offline use, verify adapters against a model.
 ``reference``: build a normal-reference memory (:func:`aaclip_med.reference.build.build_reference`).
 """
@@ -12,9 +13,22 @@ from typing import Annotated
 
 import typer
 
-from aaclip_med.cli_options import AdapterOpt, BackboneOpt, SizeOpt, fail, user_errors
+from aaclip_med.cli_options import (
+    AdapterOpt,
+    BackboneOpt,
+    DeviceOpt,
+    NoProgressOpt,
+    PresetOpt,
+    SizeOpt,
+    check_paths,
+    fail,
+    heavy_imports,
+    train_config,
+    user_errors,
+)
+from aaclip_med.config import TrainConfig
 
-__all__ = ["reference_app", "weights_app"]
+__all__ = ["reference_app", "train", "weights_app"]
 
 weights_app = typer.Typer(help="List models; import and verify weights.")
 
@@ -117,3 +131,68 @@ def reference_build(
     typer.echo(f"memory {out}: {memory.n_patches} of {meta['n_patches_collected']} normal patches per level, "
                f"{meta['n_slices']} slices, {len(meta['sources'])} studies (sha256 {memory.sha256})")  # fmt: skip
     typer.echo(f"use it: aaclip-med run STUDY --model {model} --preset {preset} --reference {out}")
+
+
+_TRAIN = TrainConfig()  # the defaults the training flags' help shows
+
+
+@user_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Manifest CSV or data folder (BMAD, MVTec/VisA, volumes).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training run folder.")],
+    config: Annotated[
+        Path | None, typer.Option(help="Training TOML (TrainConfig keys); the flags given override it.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model name (default {_TRAIN.model}).")] = None,
+    backbone_weights: BackboneOpt = None,
+    image_size: SizeOpt = None,
+    text_epochs: Annotated[
+        int | None, typer.Option(min=0, help=f"Stage 1 epochs, text adapter ({_TRAIN.text_epochs}).")
+    ] = None,
+    image_epochs: Annotated[
+        int | None, typer.Option(min=0, help=f"Stage 2 epochs, image adapter ({_TRAIN.image_epochs}).")
+    ] = None,
+    text_batch_size: Annotated[
+        int | None, typer.Option(min=1, help=f"Stage 1 slices per step ({_TRAIN.text_batch_size}).")
+    ] = None,
+    image_batch_size: Annotated[
+        int | None, typer.Option(min=1, help=f"Stage 2 slices per step ({_TRAIN.image_batch_size}).")
+    ] = None,
+    text_lr: Annotated[
+        float | None, typer.Option(min=0, help=f"Stage 1 learning rate ({_TRAIN.text_lr}).")
+    ] = None,
+    image_lr: Annotated[
+        float | None, typer.Option(min=0, help=f"Stage 2 learning rate ({_TRAIN.image_lr}).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds data order, augmentation, random backbone (0).")] = None,
+    device: DeviceOpt = None,
+    precision: Annotated[str | None, typer.Option(help="auto (default), fp32, bf16, fp16.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUT.")] = False,
+    preset: PresetOpt = None,
+    vv_axis: Annotated[str | None, typer.Option(help="Stage-1 V-V axis: tokens (default), batch (ref.).")] = None,
+    threshold_rule: Annotated[
+        str | None, typer.Option(help="Threshold on validation: f1 (default), youden or fpr:0.05.")
+    ] = None,
+    stage1_levels: Annotated[
+        str | None, typer.Option(help="Stage-1 loss levels: last (default, reference) or all.")
+    ] = None,
+    stage1_cls_loss: Annotated[
+        bool, typer.Option("--stage1-cls-loss", help="Add the image-level loss to stage 1 (paper Eq. 4).")
+    ] = False,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train both AA-CLIP stages on your labelled data.
+
+    Images or volumes; writes OUT/adapters.safetensors.
+    """
+    from aaclip_med._files import TRAINING_OUTPUTS, check_output_folder
+
+    check_paths(data, config)
+    cfg = train_config(config, locals())  # bad settings fail here, before the slow imports
+    check_output_folder(out, [data], overwrite=True, flag="--out", ours=TRAINING_OUTPUTS)
+    heavy_imports("the training code")
+    from aaclip_med.training import train as train_adapters
+
+    path = train_adapters(data, out, cfg, resume=resume, progress=not no_progress)
+    typer.echo(f"adapters: {path}")
+    typer.echo(f"use them: aaclip-med run STUDY --model {cfg.model} --adapter-weights {path}")
