@@ -71,27 +71,27 @@ def test_refusals(no_backend_env: pytest.MonkeyPatch) -> None:
 
 
 def test_cpu_isa_from_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aaclip_med.model import factory
+    from aaclip_med.model import precision as precision_mod
 
     for flags, isa in (({"avx2", "avx512f", "amx_bf16"}, "amx"), ({"avx2", "avx512f", "avx512_bf16"}, "avx512"),
                        ({"avx2"}, "avx2"), (set(), "other")):  # fmt: skip
         monkeypatch.setattr(backends, "_cpu_flags", lambda f=flags: f)
         assert backends.cpu_isa() == isa
-        assert factory._cpu_has_bf16() is (isa == "amx")  # avx512_bf16 without AMX measured slower than fp32
+        assert precision_mod._cpu_has_bf16() is (isa == "amx")  # avx512_bf16 without AMX measured slower than fp32
 
 
 def test_isa_cap_lowers_cpu_isa(monkeypatch: pytest.MonkeyPatch) -> None:
     """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS emulate a smaller ISA (the AVX2 runs)."""
-    from aaclip_med.model import factory
+    from aaclip_med.model import precision as precision_mod
 
     monkeypatch.setattr(backends, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     for var in backends.ISA_CAP_ENVS:
         monkeypatch.delenv(var, raising=False)
     assert (backends.cpu_isa(), backends.isa_cap()) == ("amx", None)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # does not cap below AMX
-    assert backends.cpu_isa() == "amx" and factory._cpu_has_bf16()
+    assert backends.cpu_isa() == "amx" and precision_mod._cpu_has_bf16()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert backends.cpu_isa() == "avx512" and not factory._cpu_has_bf16()  # auto precision: fp32
+    assert backends.cpu_isa() == "avx512" and not precision_mod._cpu_has_bf16()  # auto precision: fp32
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     envs = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
     assert backends.isa_cap() == ("avx2", envs)

@@ -14,6 +14,7 @@ import torch
 
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError
 from aaclip_med.model import AACLIP, create_model, factory, list_models
+from aaclip_med.model import precision as precision_mod
 from aaclip_med.model.weights import WEIGHTS_DIR_ENV, resolve_backbone_file, sha256_file
 
 
@@ -117,11 +118,11 @@ def test_adapters_of_another_model_are_refused_before_the_backbone_build(monkeyp
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in (factory.PRECISION_ENV, "AACLIP_MED_ATTENTION"):  # CI may set AACLIP_MED_PRECISION=bf16
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_mod, "_cpu_has_bf16", lambda: False)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "int8"  # guarded (tests/model/test_guard.py)
     assert factory.resolve_precision("auto", torch.device("cpu"), backend="openvino") == "fp32"
     assert factory.resolve_precision("auto", torch.device("cuda")) == "fp16"
-    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_mod, "_cpu_has_bf16", lambda: True)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
@@ -167,12 +168,12 @@ def test_model_imports_run_one_way() -> None:
 
 
 def test_precision_env_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_mod, "_cpu_has_bf16", lambda: False)
     monkeypatch.setenv(factory.PRECISION_ENV, "bf16")
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"  # CI: the bf16 path on any CPU
     assert factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice wins
     monkeypatch.setenv(factory.PRECISION_ENV, " FP32 ")
-    monkeypatch.setattr(factory, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_mod, "_cpu_has_bf16", lambda: True)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setenv(factory.PRECISION_ENV, "auto")
     assert factory.resolve_precision("auto", torch.device("cpu")) == "bf16"

@@ -11,6 +11,7 @@ import torch
 from aaclip_med import config
 from aaclip_med.errors import ConfigError
 from aaclip_med.model import AACLIP, factory
+from aaclip_med.model import precision as precision_mod
 from aaclip_med.model.aaclip import sdpa_block
 from aaclip_med.model.quantize import Int8SelfAttention
 
@@ -83,13 +84,13 @@ def test_int8_refused_off_cpu_and_auto_only_guarded(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match=r"precision='int8' on device cuda.*CPU only.*--device cpu"):
         factory.resolve_precision("int8", torch.device("cuda"))
     for has_bf16, auto in ((False, "int8"), (True, "bf16")):  # without AMX: int8 behind the guard (test_guard.py)
-        monkeypatch.setattr(factory, "_cpu_has_bf16", lambda v=has_bf16: v)
+        monkeypatch.setattr(precision_mod, "_cpu_has_bf16", lambda v=has_bf16: v)
         assert factory.resolve_precision("auto", torch.device("cpu")) == auto
         assert factory.int8_guarded("auto", auto) is (auto == "int8")
 
 
 def test_one_list_of_precisions() -> None:
-    assert "int8" in config.PRECISIONS and factory.PRECISIONS is config.PRECISIONS
+    assert "int8" in config.PRECISIONS and precision_mod.PRECISIONS is config.PRECISIONS
     assert config.InferenceConfig(precision="int8").precision == "int8"
     with pytest.raises(ConfigError, match="precision='fp8'.*int8"):
         config.InferenceConfig(precision="fp8")
