@@ -42,7 +42,7 @@ _Config = TypeVar("_Config", bound="DataclassInstance")  # RunConfig and its tab
 ScoreRegion = Literal["foreground", "image"]
 Fusion = Literal["fused", "memory", "text"]  # how a normal-reference memory map meets the text map
 
-# Accepted ``precision`` values (InferenceConfig and aaclip_med.model.factory.resolve_precision): "auto" resolves
+# Accepted ``precision`` values (InferenceConfig and aaclip_med.model.precision.resolve_precision): "auto" resolves
 # per device (on CPUs without AMX to a guarded int8, aaclip_med.model.guard); bf16/fp16 are autocast; int8 is
 # dynamic int8 quantisation of the vision linears, CPU only.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
