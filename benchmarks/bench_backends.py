@@ -159,11 +159,12 @@ def block_section(
         if nncf_:  # static int8 (calibrated on random tokens): the VNNI/AMX int8 rate, not a shipped path
             calib = [torch.randn(batch, tokens, width, generator=gen).numpy() for _ in range(4)]
             blocks["openvino int8 (nncf)"] = functools.partial(_openvino(_Block(block), (x,), "f32", calib), x)
-    from aaclip_med.model.quantize import quantize_vision_
+    from aaclip_med.model.quantize import quantize_block_
 
-    qblock = copy.deepcopy(block)
-    quantize_vision_(_Holder(qblock))
-    blocks["torch int8 dynamic"] = lambda: sdpa_block(qblock, x)
+    for engine in ("x86", "onednn"):  # fbgemm (no AMX kernels) and oneDNN (AMX-INT8 where the CPU has it)
+        qblock = copy.deepcopy(block)
+        quantize_block_(qblock, engine=engine)
+        blocks[f"torch int8 dynamic ({engine})"] = functools.partial(sdpa_block, qblock, x)
     out: dict[str, Any] = {"batch": batch, "tokens": tokens, "width": width, "heads": heads}
     block_flops = batch * (fl["per_block_dense"] + fl["per_block_attention"])
     attn_flops = batch * fl["per_block_attention"]
@@ -185,15 +186,6 @@ def block_section(
                 }
             out[section] = rows
     return out
-
-
-class _Holder:
-    """The attribute path ``quantize_vision_`` walks (``clip.visual.transformer.resblocks``), for one block."""
-
-    def __init__(self, block: torch.nn.Module) -> None:
-        self.visual = self
-        self.transformer = self
-        self.resblocks = [block]
 
 
 def _math_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ import contextlib
 import copy
 import functools
 import statistics
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -133,12 +132,12 @@ def block_precision_probe(model: AACLIP) -> dict[str, Any]:
             out[f"{label}_s"] = min(timed(lambda: aaclip_mod.sdpa_block(block, x), model.device)[0] for _ in "12")
     out["bf16_over_fp32"] = out["bf16_autocast_s"] / out["fp32_s"]
     if model.device.type == "cpu":  # precision "int8": MLP linears only, then attention projections too
-        from aaclip_med.model.quantize import quantize_vision_
+        from aaclip_med.model.quantize import quantize_block_
 
-        for label, attention in (("int8_mlp", False), ("int8_mlp_attn", True)):
+        for label, attention, engine in (("int8_mlp", False, "x86"), ("int8_mlp_attn", True, "x86"),
+                                         ("int8_onednn", True, "onednn")):  # fmt: skip
             qblock = copy.deepcopy(block)
-            quantize_vision_(SimpleNamespace(visual=SimpleNamespace(transformer=SimpleNamespace(resblocks=[qblock]))),
-                             attention=attention)  # fmt: skip
+            quantize_block_(qblock, attention=attention, engine=engine)
             with torch.inference_mode():
                 ref = aaclip_mod.sdpa_block(block, x)
                 got = aaclip_mod.sdpa_block(qblock, x)

@@ -16,6 +16,8 @@ Sections (keys of the JSON):
   batch; it prints each kernel's speed against fused SDPA on the same engine.
 - ``int8_guard``: where ``auto`` picked guarded int8 (CPUs without AMX), the guard's verdict on its first call
   (BraTS FLAIR slices when present, else random ones) and that call's time; else ``"not applicable"``.
+- ``precision_auto``: how ``precision="auto"`` chose (``precision_choice``; on AMX-INT8 CPUs the one-block probe's
+  ``precision_seconds``, bf16 against int8) and the int8 engine.
 - ``attention_auto``: the kernel ``attention="auto"`` chose on this machine for the default (and the eager
   previous default) and how: ``rule``, ``measured`` or ``cached`` (the probe of ``aaclip_med.model.tuning``, with
   its seconds per kernel), ``env`` or ``asked``.
@@ -301,6 +303,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print("  note: OpenVINO honours ONEDNN_MAX_CPU_ISA in its oneDNN and JIT kernels, but runs some "
                   "FullyConnected layers on MLAS (own ISA dispatch): the default row is not a clean emulation; "
                   "--backend eager is", flush=True)  # fmt: skip
+    meta = model.metadata()  # how precision "auto" chose (AMX-INT8 CPUs: a one-block probe, bf16 vs int8)
+    res["precision_auto"] = {k: meta.get(k) for k in ("precision_choice", "precision_seconds", "int8_engine")}
     res["attention_auto"] = {
         f"{m.precision}, backend {m.backend}": attention_auto(m) for m in dict.fromkeys((model, eager))
     }
@@ -374,6 +378,11 @@ def _print_speed(res: dict[str, Any]) -> None:
         if acc:
             print(f"  {acc['compared']}: max|d| {acc['max_abs_diff']:.2e}, r {acc['pearson_r']:.6f} "
                   "(guard >= 0.999)")
+    auto_p = res.get("precision_auto") or {}
+    if auto_p.get("precision_seconds"):  # aaclip_med.model.precision_probe
+        sec = auto_p["precision_seconds"]
+        print(f"  precision auto -> {res['precision']} ({auto_p['precision_choice']}: one vision block bf16 "
+              f"{sec['bf16'] * 1e3:.1f} ms, int8 {sec['int8'] * 1e3:.1f} ms; int8 engine {auto_p['int8_engine']})")
     for engine, auto in res["attention_auto"].items():  # aaclip_med.model.tuning
         times = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in (auto["seconds"] or {}).items())
         print(

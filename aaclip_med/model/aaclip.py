@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -20,12 +18,11 @@ from torch import nn
 from aaclip_med._version import __version__
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.adapters import ImageAdapter, build_text_adapter, residual_blend
-from aaclip_med.model.attention import self_attention
 from aaclip_med.model.backends import Engine, build_engine, check_trainable_backend
-from aaclip_med.model.guard import NOT_APPLICABLE, PENDING, run_int8_guard
+from aaclip_med.model.blocks import CPU_CHUNK, Layout, derive_layout, sdpa_block
+from aaclip_med.model.guard import NOT_APPLICABLE, PENDING, Int8Fallback, run_int8_guard
 from aaclip_med.model.maps import Encoded, concat_encoded, level_anomaly_maps
 from aaclip_med.model.prompts import build_prompts
-from aaclip_med.model.quantize import Int8SelfAttention
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
 from aaclip_med.model.surgery import VVAxis, check_vv_axis, vv_block
 from aaclip_med.model.weights import AdapterCheckpoint, check_adapter_state, write_adapters
@@ -33,10 +30,10 @@ from aaclip_med.presets import ModalityPreset, get_preset
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP
-    from open_clip.transformer import ResidualAttentionBlock
 
-__all__ = [
+__all__ = [  # Layout, derive_layout, sdpa_block and CPU_CHUNK live in aaclip_med.model.blocks
     "AACLIP",
+    "CPU_CHUNK",
     "Layout",
     "SliceOutput",
     "derive_layout",
@@ -45,9 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CPU_CHUNK = 2  # images per vision pass on CPU at inference (measured, benchmarks/README.md)
-
-
 class SliceOutput(NamedTuple):
     """Per-slice model output (DESIGN section 0)."""
 
@@ -55,39 +49,6 @@ class SliceOutput(NamedTuple):
     maps: torch.Tensor  # (B,H,W) sum over levels of 50*(s_abn - s_nor) + 0.5 after blur and upsampling
     det_score: torch.Tensor  # (B,) (det . T_abn + 1) / 2
     level_maps: torch.Tensor | None  # (L,B,H,W)
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Where adapters and taps sit, as 1-indexed block numbers (DESIGN section 0 scaling rule)."""
-
-    taps: tuple[int, ...]  # blocks after which patch tokens are taken: round(k*L/4), k=1..4
-    image_adapt_until: int  # vision adapters after blocks 1..this (L/4, at least 1)
-    text_adapt_until: int  # text adapters after blocks 1..this (L_text/4, at least 1)
-    surgery_from: int  # V-V attention in blocks surgery_from..L (the first tap; 6 of 24 as the reference)
-
-
-def derive_layout(vision_layers: int, text_layers: int) -> Layout:
-    """Derive the adapter/tap layout from the backbone depths (24, 12 -> taps 6/12/18/24, 6 and 3 adapters)."""
-    taps = tuple(sorted({max(1, math.floor(k * vision_layers / 4 + 0.5)) for k in range(1, 5)}))
-    return Layout(taps, max(1, vision_layers // 4), max(1, text_layers // 4), taps[0])
-
-
-def sdpa_block(block: ResidualAttentionBlock, x: torch.Tensor, attention: str = "sdpa") -> torch.Tensor:
-    """An open_clip ``ResidualAttentionBlock`` (batch-first, self-attention, no mask) through fused SDPA.
-
-    Same maths and weights as ``block(x)``; ``nn.MultiheadAttention`` runs a slower unfused path on CPU
-    (about 25% of a ViT-L block at 1370 tokens, benchmarks/README.md). ``attention`` names the kernel of the
-    attention core (:func:`aaclip_med.model.attention.self_attention`; int8 blocks always use SDPA).
-    """
-    attn, h = block.attn, block.ln_1(x)
-    if isinstance(attn, Int8SelfAttention):  # precision "int8" (aaclip_med.model.quantize)
-        out = attn(h)[0]
-    else:
-        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        out = attn.out_proj(self_attention(qkv, attn.num_heads, attention))
-    x = x + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))  # type: ignore[no-any-return]
 
 
 class AACLIP(nn.Module):
@@ -128,6 +89,10 @@ class AACLIP(nn.Module):
         self._engine: Engine | None = None  # built on the first scored batch for backends other than eager
         self.vision_weights_released = False  # True once an OpenVINO engine holds the only copy
         self.int8_guard: dict[str, Any] | str = NOT_APPLICABLE  # PENDING: auto-int8 decided on the first call
+        self.int8_fallback: Int8Fallback | None = None  # what a failed guard scores in instead of fp32 (AMX: bf16)
+        self.int8_engine: str | None = None  # quantised engine of the int8 layers (aaclip_med.model.quantize)
+        self.precision_choice = "rule"  # how auto chose: rule, asked, env, measured or cached (precision_probe)
+        self.precision_seconds: dict[str, float] | None = None  # the AMX probe's block seconds per precision
         self.backbone_info = backbone_info
         self.untrained_backbone: bool = backbone_info["source"] == "random"
         self.threshold: float | None = None
@@ -166,7 +131,7 @@ class AACLIP(nn.Module):
         check_trainable_backend(self.backend)
         if self.int8_guard == PENDING:  # a trained model never becomes int8 (precision auto -> fp32 here)
             logger.info("precision auto: the model is being trained, so it stays fp32 (no int8 guard)")
-            self.int8_guard = NOT_APPLICABLE
+            self.int8_guard, self.int8_fallback = NOT_APPLICABLE, None
         return list((self.text_adapter if stage == 1 else self.image_adapter).parameters())
 
     @contextlib.contextmanager
@@ -297,10 +262,11 @@ class AACLIP(nn.Module):
             :class:`SliceOutput` with float32 tensors on the model's device.
         """
         preset = get_preset(preset)
-        anchors = self.text_anchors(preset)
         with torch.inference_mode():
             x = x.to(self.device, torch.float32)
-            seg, det = self.encode(x, preset)
+            seg, det = self.encode(x, preset)  # first: a guarded model settles its precision, the anchors' too
+        anchors = self.text_anchors(preset)  # outside inference mode: cached for training too
+        with torch.inference_mode():
             levels = level_anomaly_maps(
                 seg, anchors, self.grid(x), (x.shape[-2], x.shape[-1]), preset.blur_kernel, preset.blur_sigma
             )
@@ -354,6 +320,9 @@ class AACLIP(nn.Module):
             "relu": self.spec.relu,
             "quick_gelu": self.spec.quick_gelu,
             "precision": self.precision,
+            "precision_choice": self.precision_choice,
+            "precision_seconds": None if self.precision_seconds is None else dict(self.precision_seconds),
+            "int8_engine": self.int8_engine,
             "int8_guard": dict(self.int8_guard) if isinstance(self.int8_guard, dict) else self.int8_guard,
             "backend": self.backend,
             "attention": self.attention,
@@ -371,8 +340,8 @@ class AACLIP(nn.Module):
             The written path.
         """
         # how this run computes, not what was trained
-        runtime = ("adapters", "precision", "int8_guard", "backend", "attention", "attention_choice",
-                   "attention_seconds")  # fmt: skip
+        runtime = ("adapters", "precision", "precision_choice", "precision_seconds", "int8_engine", "int8_guard",
+                   "backend", "attention", "attention_choice", "attention_seconds")  # fmt: skip
         meta = {k: v for k, v in self.metadata().items() if k not in runtime}
         meta.update(metadata or {})
         return str(write_adapters(path, self.adapter_state(), meta))

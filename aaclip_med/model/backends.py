@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND_ENV",
     "CACHE_ENV",
+    "amx_int8_usable",
     "auto_choice",
     "Engine",
     "VisionPath",
@@ -138,6 +139,11 @@ def cpu_isa(honour_cap: bool = True) -> str:
     isa = next((isa for isa, flag in widest if flag in flags), "other")
     cap = isa_cap() if honour_cap else None
     return isa if cap is None else min(isa, cap[0], key=order.index)
+
+
+def amx_int8_usable() -> bool:
+    """Whether int8 matmuls can run on AMX tiles here: the CPU lists ``amx_int8`` and no ISA cap is below AMX."""
+    return cpu_isa() == "amx" and "amx_int8" in _cpu_flags()
 
 
 def openvino_available() -> bool:
@@ -330,7 +336,7 @@ def _openvino_engine(model: AACLIP) -> Engine:
         return [torch.from_numpy(result[o]) for o in outputs]
 
     def engine(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        from aaclip_med.model.aaclip import CPU_CHUNK  # batches of 8 in chunks of 2: activations stay small
+        from aaclip_med.model.blocks import CPU_CHUNK  # batches of 8 in chunks of 2: activations stay small
 
         parts = [run(chunk) for chunk in torch.split(x, CPU_CHUNK)]
         return _split([torch.cat(level) for level in zip(*parts, strict=True)])

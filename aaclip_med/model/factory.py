@@ -22,10 +22,10 @@ from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.attention import resolve_attention
 from aaclip_med.model.backends import resolve_backend
-from aaclip_med.model.guard import PENDING
+from aaclip_med.model.guard import PENDING, Int8Fallback, arm_int8_guard_
 from aaclip_med.model.precision import PRECISION_ENV, int8_guarded, resolve_device, resolve_precision
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
-from aaclip_med.model.tuning import set_attention_
+from aaclip_med.model.tuning import AttentionChoice, set_attention_
 from aaclip_med.model.weights import (
     AdapterSource,
     apply_backbone_state,
@@ -192,6 +192,33 @@ def _build_backbone(
     return clip, info
 
 
+def _set_precision_choice(model: AACLIP, asked: str, backend: str, device: torch.device, guarded: bool) -> None:
+    """How ``auto`` chose the precision (``model.metadata()``); arm the int8 guard where int8 was chosen.
+
+    Without AMX, ``auto``'s int8 is a rule (guarded, fp32 fallback); on an AMX CPU with AMX-INT8 a probe measures
+    bf16 against int8 (:mod:`aaclip_med.model.precision_probe`; int8 guarded, bf16 fallback).
+    """
+    from aaclip_med.model.precision_probe import choose_cpu_precision, probe_applies
+
+    env = os.environ.get(PRECISION_ENV, "").strip().lower() not in ("", "auto")
+    model.precision_choice = "asked" if asked != "auto" else "env" if env else "rule"
+    if guarded:
+        arm_int8_guard_(model)
+    elif probe_applies(asked, backend, model, device):
+        choice = choose_cpu_precision(model)
+        model.precision_choice, model.precision_seconds = choice.how, choice.seconds
+        if choice.precision == "int8":
+            bf16 = AttentionChoice(model.attention, model.attention_choice, model.attention_seconds)
+            arm_int8_guard_(model, Int8Fallback(model.precision, model.backend, bf16))
+
+
+def _precision_words(model: AACLIP) -> str:
+    if model.int8_guard != PENDING:
+        return model.precision
+    after = "fp32" if model.int8_fallback is None else model.int8_fallback.precision
+    return f"int8 (guarded: fp32 until the first slices' maps agree, else {after})"
+
+
 def create_model(
     name: str,
     backbone_weights: str | None = None,
@@ -214,8 +241,11 @@ def create_model(
             ``image_adapter*.pth``) or a ``(text, image)`` pair. None: the entry's shipped adapters, if any, else
             Xavier-random adapters (with a warning).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ...
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast in :meth:`AACLIP.score_slices`), or
-            ``int8`` (CPU, inference only: the vision blocks' linear layers dynamically quantised).
+        precision: ``auto`` (fp16 on CUDA; bf16 on AMX CPUs, or guarded int8 where a one-block probe measures
+            it faster, :mod:`aaclip_med.model.precision_probe`; guarded int8 on other CPUs,
+            :mod:`aaclip_med.model.guard`), ``fp32``, ``bf16`` or ``fp16`` (autocast in
+            :meth:`AACLIP.score_slices`), or ``int8`` (CPU, inference only: the vision blocks' linear layers
+            dynamically quantised).
         image_size: Input size override (position embeddings are resized); None: the entry's size.
         seed: Seeds the random backbone and the adapter initialisation; the caller's RNG state is untouched.
         trust_pickle: Allow full-pickle ``.pth`` files (they can run code).
@@ -272,12 +302,12 @@ def create_model(
     # the engine itself is built on the first scored batch (AACLIP.score_slices)
     model.backend = resolve_backend(backend, dev, prec, model.clip.visual.transformer.width, not gemm_attention)
     set_attention_(model, attention, dev)  # auto: measured once on this CPU where bf16/fp16 runs on PyTorch
-    if guarded:
-        model.int8_guard = PENDING
-    elif prec == "int8" and model.backend == "eager":  # after the fingerprint, before adapters are loaded
-        from aaclip_med.model.quantize import quantize_vision_
+    _set_precision_choice(model, precision, backend, dev, guarded)
+    if prec == "int8" and not guarded and model.backend == "eager":  # after the fingerprint, before adapters
+        from aaclip_med.model.quantize import int8_engine, quantize_vision_
 
-        quantize_vision_(model.clip)
+        model.int8_engine = int8_engine()
+        quantize_vision_(model.clip, engine=model.int8_engine)
     if ckpt is None:
         warnings.warn(f"{name}: no adapter weights; adapters are random (Xavier, seed {seed + 1}).", stacklevel=2)
     else:
@@ -288,7 +318,7 @@ def create_model(
         spec.arch,
         info["source"],
         dev,
-        f"{prec} (guarded: fp32 until the first slices' maps agree)" if guarded else prec,
+        _precision_words(model),
         model.backend,
         model.attention,
     )

@@ -1,7 +1,8 @@
 """Where a model runs: the device, and the precision ``auto`` resolves to (issue 16; benchmarks/README.md).
 
 :func:`resolve_device` checks a device name against this machine; :func:`resolve_precision` resolves
-``precision="auto"`` (fp16 on CUDA, bf16 on AMX CPUs, guarded int8 on other CPUs) and
+``precision="auto"`` (fp16 on CUDA, bf16 on AMX CPUs — or guarded int8 where the probe of
+:mod:`aaclip_med.model.precision_probe` measures it faster —, guarded int8 on other CPUs) and
 :func:`int8_guarded` says whether a model runs the int8 accuracy guard of :mod:`aaclip_med.model.guard`.
 ``AACLIP_MED_PRECISION`` (:data:`PRECISION_ENV`) replaces what ``auto`` picks.
 """
@@ -59,6 +60,9 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device, backend: str = "auto", attention: str = "auto") -> str:
     """Resolve ``auto``: fp16 on CUDA, bf16 on CPUs with AMX, int8 on other CPUs (guarded), else fp32.
+
+    On AMX CPUs with AMX-INT8, :func:`~aaclip_med.model.factory.create_model` may still replace bf16 by guarded
+    int8 after a one-block probe (:mod:`aaclip_med.model.precision_probe`); this function only resolves the rule.
 
     On a CPU without AMX (AVX2, or AVX-512 without AMX: bf16 measured slower than fp32 there) ``auto`` picks
     ``int8`` (dynamic int8 vision linears, :mod:`aaclip_med.model.quantize`), which :func:`create_model` builds

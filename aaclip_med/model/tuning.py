@@ -22,12 +22,14 @@ fp32 (the default on every CPU without AMX), int8 blocks, OpenVINO and CUDA keep
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
 import os
 import platform
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +51,14 @@ __all__ = [
     "attention_cache_file",
     "choose_attention",
     "cpu_model",
+    "interleaved_best",
+    "machine_key",
     "measure_attention",
     "pick_kernel",
+    "read_cache",
     "set_attention_",
+    "valid_seconds",
+    "write_cache",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,6 +120,25 @@ def time_kernel(qkv: torch.Tensor, heads: int, kernel: str) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_best(timers: Mapping[str, Callable[[], float]], prune: float | None = None) -> dict[str, float]:
+    """Best seconds of each timer: one warm-up round, then :data:`PROBE_REPEATS` rounds taking them in turn.
+
+    Interleaving spreads a shared CPU's noise over all candidates alike. With ``prune``, a candidate more than
+    ``prune`` times slower than the first one after a round is not timed again (it cannot win).
+    """
+    names = list(timers)
+    best = dict.fromkeys(names, math.inf)
+    with torch.inference_mode():
+        for name in names:
+            timers[name]()
+        for _ in range(PROBE_REPEATS):
+            for name in names:
+                best[name] = min(best[name], timers[name]())
+            if prune is not None:
+                names = [n for n in names if n == names[0] or best[n] <= prune * best[names[0]]]
+    return best
+
+
 def measure_attention(shape: tuple[int, int, int, int], dtype: torch.dtype) -> dict[str, float]:
     """Best seconds per kernel of the attention core on ``shape`` = (batch, heads, tokens, width), interleaved.
 
@@ -123,20 +149,12 @@ def measure_attention(shape: tuple[int, int, int, int], dtype: torch.dtype) -> d
     batch, heads, tokens, width = shape
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn(batch, tokens, 3 * width, generator=gen).to(dtype)
-    kernels = list(KERNELS)
-    best = dict.fromkeys(kernels, math.inf)
-    with torch.inference_mode():
-        for kernel in kernels:
-            time_kernel(qkv, heads, kernel)
-        for _ in range(PROBE_REPEATS):
-            for kernel in kernels:
-                best[kernel] = min(best[kernel], time_kernel(qkv, heads, kernel))
-            kernels = [k for k in kernels if k == "sdpa" or best[k] <= PRUNE_SLOWER * best["sdpa"]]
-    return best
+    timers = {k: functools.partial(time_kernel, qkv, heads, k) for k in KERNELS}  # sdpa first: the pruning base
+    return interleaved_best(timers, PRUNE_SLOWER)
 
 
 def _probe_shape(model: AACLIP) -> tuple[int, int, int, int]:
-    from aaclip_med.model.aaclip import CPU_CHUNK
+    from aaclip_med.model.blocks import CPU_CHUNK
 
     visual = model.clip.visual
     tokens = visual.positional_embedding.shape[0]  # grid² + 1 at the model's input size
@@ -146,10 +164,7 @@ def _probe_shape(model: AACLIP) -> tuple[int, int, int, int]:
 def _cache_key(shape: tuple[int, int, int, int], dtype: torch.dtype) -> str:
     """What decides the choice, readable: CPU, ISA, torch, threads, dtype, shape and the kernels' chunks."""
     parts = (
-        cpu_model(),
-        cpu_isa(),
-        f"torch {torch.__version__}",
-        f"{torch.get_num_threads()} threads",
+        *machine_key(),
         str(dtype).removeprefix("torch."),
         "batch x heads x tokens x width " + "x".join(map(str, shape)),
         f"matmul {attention_mod.MATMUL_HEADS} pairs, blocked {attention_mod.BLOCK_ROWS} rows",
@@ -157,48 +172,58 @@ def _cache_key(shape: tuple[int, int, int, int], dtype: torch.dtype) -> str:
     return " | ".join(parts)
 
 
-def _valid_seconds(entry: object) -> dict[str, float] | None:
+def valid_seconds(entry: object, names: tuple[str, ...]) -> dict[str, float] | None:
+    """A cache entry's ``seconds`` when it holds a finite positive time for exactly ``names``, else None."""
     seconds = entry.get("seconds") if isinstance(entry, dict) else None
-    if not isinstance(seconds, dict) or set(seconds) != set(KERNELS):
+    if not isinstance(seconds, dict) or set(seconds) != set(names):
         return None
-    values = {k: v for k, v in seconds.items() if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
-    return {k: float(v) for k, v in values.items()} if len(values) == len(KERNELS) else None
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in seconds.values())
+    return {k: float(v) for k, v in seconds.items()} if ok else None
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    """The cache's entries; empty (with a warning) when the file is unreadable or corrupt."""
+def read_cache(path: Path, what: str) -> dict[str, Any]:
+    """The entries of the tuning cache ``path``; empty (a warning naming ``what``) when unreadable or corrupt."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except OSError as err:
-        logger.warning("attention: cannot read the tuning cache %s (%s); measuring again", path, err.strerror)
+        logger.warning("%s: cannot read the tuning cache %s (%s); measuring again", what, path, err.strerror)
         return {}
     except ValueError as err:  # not JSON, or not UTF-8
-        logger.warning("attention: the tuning cache %s is corrupt (%s); measuring again, rewriting it", path, err)
+        logger.warning("%s: the tuning cache %s is corrupt (%s); measuring again, rewriting it", what, path, err)
         return {}
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
-        logger.warning("attention: the tuning cache %s has no entries table; measuring again, rewriting it", path)
+        logger.warning("%s: the tuning cache %s has no entries table; measuring again, rewriting it", what, path)
         return {}
     return entries
 
 
-def _write_cache(path: Path, entries: dict[str, Any]) -> None:
-    """Write the cache atomically; a failure (read-only cache) is logged: the choice holds for this run only."""
+def write_cache(path: Path, entries: dict[str, Any], what: str, pin_env: str) -> None:
+    """Write a tuning cache atomically; a failure (read-only cache) is logged: the choice holds for this run only.
+
+    ``what`` names the choice in the message, ``pin_env`` the variable that pins it without measuring.
+    """
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"format": _CACHE_FORMAT, "entries": entries}, indent=1), encoding="utf-8")
     except (OutputError, OSError) as err:
         cause = err.__cause__ if isinstance(err, OutputError) and err.__cause__ is not None else err
         logger.warning(
-            "attention: cannot write the tuning cache %s (%s); the choice holds for this run only "
-            "(set %s to a writable folder, or pin the kernel with %s)",
+            "%s: cannot write the tuning cache %s (%s); the choice holds for this run only "
+            "(set %s to a writable folder, or pin the choice with %s)",
+            what,
             path,
             getattr(cause, "strerror", None) or cause,
             CACHE_ENV,
-            ATTENTION_ENV,
+            pin_env,
         )
+
+
+def machine_key() -> tuple[str, ...]:
+    """What every tuning decision depends on: CPU model, ISA class, torch version and threads."""
+    return cpu_model(), cpu_isa(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"
 
 
 def _times(seconds: dict[str, float]) -> str:
@@ -209,8 +234,8 @@ def _probed_choice(model: AACLIP) -> AttentionChoice:
     """The measured (or cached) kernel for ``model``'s attention shape and dtype."""
     shape, dtype = _probe_shape(model), _DTYPES[model.precision]
     name, path = _cache_key(shape, dtype), attention_cache_file()
-    entries = _read_cache(path)
-    seconds = _valid_seconds(entries.get(name))
+    entries = read_cache(path, "attention")
+    seconds = valid_seconds(entries.get(name), KERNELS)
     if seconds is not None:
         kernel = pick_kernel(seconds)
         logger.info("attention auto -> %s (cached in %s: %s)", kernel, path, _times(seconds))
@@ -229,7 +254,7 @@ def _probed_choice(model: AACLIP) -> AttentionChoice:
     )
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     entries[name] = {"kernel": kernel, "seconds": seconds, "measured": when}
-    _write_cache(path, entries)
+    write_cache(path, entries, "attention", ATTENTION_ENV)
     return AttentionChoice(kernel, "measured", seconds)
 
 

@@ -125,7 +125,10 @@ def _config_dict(config: _ConfigLike) -> dict[str, Any]:
 
 
 def describe_precision(metadata: Mapping[str, Any] | None) -> str | None:
-    """How the model computed, in words, from ``model.metadata()``: precision, int8 guard verdict and backend.
+    """How the model computed, in words, from ``model.metadata()``: precision, how auto chose it, backend.
+
+    The parenthesis says how ``auto`` decided: the AMX probe's block timings (bf16 against int8), the int8
+    guard's verdict; the int8 engine (``x86``: fbgemm, ``onednn``: AMX-INT8 where present) follows.
 
     Example:
         >>> describe_precision({"precision": "int8", "backend": "eager", "int8_guard": {"r": 0.99998,
@@ -135,14 +138,20 @@ def describe_precision(metadata: Mapping[str, Any] | None) -> str | None:
     meta = metadata or {}
     if not meta.get("precision"):
         return None
-    text, guard = str(meta["precision"]), meta.get("int8_guard")
+    why, guard, seconds = [], meta.get("int8_guard"), meta.get("precision_seconds")
+    if isinstance(seconds, Mapping) and {"bf16", "int8"} <= set(seconds):
+        why.append(f"one vision block bf16 {seconds['bf16'] * 1e3:.1f} ms vs int8 {seconds['int8'] * 1e3:.1f} ms, "
+                   f"{meta.get('precision_choice', 'measured')}")  # fmt: skip
     if isinstance(guard, Mapping):
         r = "undefined" if guard.get("r") is None else f"{guard['r']:.5f}"
         verdict = ("passed", ">=") if guard.get("passed") else ("failed", "<")
-        text += (f" (auto; guard {verdict[0]}: maps r {r} {verdict[1]} {guard.get('threshold')} vs fp32 on "
-                 f"{guard.get('slices')} slices)")  # fmt: skip
+        why.append(f"guard {verdict[0]}: maps r {r} {verdict[1]} {guard.get('threshold')} vs fp32 on "
+                   f"{guard.get('slices')} slices")  # fmt: skip
     elif guard == "not run":  # aaclip_med.model.guard.PENDING (the report does not import the model)
-        text += " (auto: int8 guard not run yet)"
+        why.append("int8 guard not run yet")
+    text = str(meta["precision"]) + (f" (auto; {'; '.join(why)})" if why else "")
+    if meta["precision"] == "int8" and meta.get("int8_engine"):
+        text += f", int8 engine {meta['int8_engine']}"
     return text + (f", backend {meta['backend']}" if meta.get("backend") else "")
 
 
