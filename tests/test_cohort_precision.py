@@ -38,6 +38,14 @@ def _run_json(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+@pytest.fixture(autouse=True)
+def _records(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """caplog listens on the root logger; the CLI's logging setup (run by other tests, maybe with -q) stops
+    aaclip_med's records from propagating and may raise its level: undo both for the test."""
+    monkeypatch.setattr(logging.getLogger("aaclip_med"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="aaclip_med")
+
+
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and NOTE in r.getMessage()]
 
