@@ -29,6 +29,7 @@ def test_two_workers_match_in_process(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and b["case_2"]["status"] == "failed"
     for cid in a:
         assert a[cid]["status"] == b[cid]["status"]
+        assert a[cid]["precision"] == b[cid]["precision"] == ("fp32" if a[cid]["status"] == "done" else "")
         for col in ("score", "threshold", "n_flagged", "pixel_auroc", "dice"):
             x, y = (float(r[cid][col]) if r[cid][col] else np.nan for r in (a, b))
             np.testing.assert_allclose(x, y, rtol=1e-5, equal_nan=True, err_msg=f"{cid} {col}")

@@ -205,6 +205,7 @@ def evaluate(
             report.write_xlsx(tables, tmp / names["xlsx"])
         prov = report.provenance({"normalisation": normalisation, "labels_threshold": labels_threshold},
                                  sheets.provenance_model.get("metadata"), [labels],
+                                 extra={"case_precisions": sheets.precisions},
                                  name_input=Naming().path)  # label paths often hold a patient's name: hashed
         names["report"] = "report.html"
         report.write_cohort_html(tmp / names["report"], cases=sheets.cases, summary=sheets.summary,

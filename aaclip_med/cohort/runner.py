@@ -345,7 +345,7 @@ def run_cohort(
         name_input=names.path,
         extra={"source": names.path(source), "n_cases": len(mine), "n_done_this_run": result.n_done,
                "n_failed": result.n_failed, "n_skipped": result.n_skipped, "workers": workers,
-               "scheduler": scheduler},
+               "scheduler": scheduler, "case_precisions": sheets.precisions},
     )
     files["report"] = report.write_cohort_html(out / "report.html", cases=sheets.cases, summary=sheets.summary,
                                                failures=sheets.failures, provenance=prov,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +46,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CASE_HEAD = ("case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds")
-# Columns of cases.csv (batch and eval folders), one row per case: the run's columns (_CASE_HEAD, always written),
+_CASE_HEAD = ("case_id", "status", "score", "threshold", "n_flagged", "label", "preset", "split", "seconds",
+              "precision", "int8_guard_r")
+# Columns of cases.csv (batch and eval folders), one row per case: the run's columns (_CASE_HEAD, always written;
+# precision and int8_guard_r from the case's run.json model.metadata: what its maps were computed in),
 # then the evaluation's (cases with a mask) in this order; case_columns() leaves out those no row has.
 CASE_SHEET_COLUMNS = (
     *_CASE_HEAD,
@@ -67,7 +71,8 @@ class CohortSheets:
     slice_metrics: list[dict[str, Any]] = field(default_factory=list)  # slice_metrics.csv (cases with masks)
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
-    provenance_model: dict[str, Any] = field(default_factory=dict)
+    provenance_model: dict[str, Any] = field(default_factory=dict)  # the first finished case's run.json "model"
+    precisions: dict[str, int] = field(default_factory=dict)  # precision -> finished cases (case_precisions)
     untrained: bool = False
     verdicts: list[str] = field(default_factory=list)  # where a trivial baseline beats the model, in words
 
@@ -265,6 +270,31 @@ def _seconds(record: Mapping[str, Any]) -> float:
     return float(sum(v for v in record.get("timings", {}).values() if isinstance(v, int | float)))
 
 
+def _precision(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The precision the case's maps were computed in and its model's int8 guard r (None: no guard ran).
+
+    The guard ran once per model (per cohort worker, on its first case); every case that model scored records it.
+    A guard whose r is undefined (a constant or non-finite map) gives NaN.
+    """
+    meta = record.get("model", {}).get("metadata") or {}
+    guard = meta.get("int8_guard")
+    r = guard.get("r") if isinstance(guard, Mapping) else None
+    return {"precision": meta.get("precision") or None,
+            "int8_guard_r": (math.nan if r is None else float(r)) if isinstance(guard, Mapping) else None}
+
+
+def _precision_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Finished cases per precision, most cases first; warns once when they differ."""
+    from aaclip_med.report.run_json import NOT_RECORDED, mixed_precision_note
+
+    counts = Counter(str(r.get("precision") or NOT_RECORDED) for r in rows if r.get("status") == "done")
+    ordered = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    note = mixed_precision_note(ordered)
+    if note:
+        logger.warning("%s", note)
+    return ordered
+
+
 def assemble(
     cases: Sequence[Case],
     cases_dir: Path,
@@ -292,7 +322,8 @@ def assemble(
             volume is read twice).
 
     Returns:
-        The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, and the model record of one case.
+        The rows of ``cases.csv``, ``summary.csv`` and ``failures.csv``, the model record of the first finished
+        case and the finished cases' precisions (a warning is logged when they differ).
     """
     sheets = CohortSheets()
     groups: dict[str, _Group] = {}
@@ -310,7 +341,8 @@ def assemble(
             continue
         preset = str(record.get("config", {}).get("preset") or case.preset or "")
         row = {**base, "status": "done", "score": float(record["score"]), "threshold": float(record["threshold"]),
-               "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record)}
+               "n_flagged": int(record.get("n_flagged", 0)), "preset": preset, "seconds": _seconds(record),
+               **_precision(record)}
         volumes = CaseVolumes(case, cases_dir / case.case_id)  # one case's reads, let go with the next case
         try:
             group = groups.setdefault(preset, _Group())
@@ -325,6 +357,7 @@ def assemble(
         if not sheets.provenance_model:
             sheets.provenance_model = dict(record.get("model", {}))
             sheets.untrained = bool(sheets.provenance_model.get("untrained_backbone", False))
+    sheets.precisions = _precision_counts(sheets.cases)
     sheets.summary = _summary(groups, normalisation)
     sheets.verdicts = verdicts(sheets.summary)
     return sheets

@@ -25,7 +25,7 @@ from aaclip_med._files import atomic_path
 from aaclip_med._typing import Array, PathLike
 from aaclip_med.report.overlays import HEAT_HALF_SPAN
 from aaclip_med.report.plots import histogram_svg, score_curve_svg
-from aaclip_med.report.run_json import describe_precision
+from aaclip_med.report.run_json import describe_case_precisions, describe_precision, mixed_precision_note
 from aaclip_med.report.sheets import _columns, to_jsonable
 
 if TYPE_CHECKING:
@@ -112,11 +112,13 @@ def _provenance_items(
 ) -> list[tuple[str, Any]]:
     model = prov.get("model") or {}
     config = prov.get("config") or {}
+    precision = (describe_case_precisions(prov["case_precisions"]) if "case_precisions" in prov  # a cohort's cases
+                 else describe_precision(model.get("metadata")))  # fmt: skip
     items: list[tuple[str, Any]] = [
         ("model", model.get("name")),
         ("weights sha256", model.get("weights_sha256")),
         ("untrained backbone", model.get("untrained_backbone")),
-        ("precision", describe_precision(model.get("metadata"))),
+        ("precision", precision),
         ("preset", preset if preset is not None else config.get("preset")),
         ("threshold (map units)", threshold),
         ("created (UTC)", prov.get("created_utc")),
@@ -281,7 +283,8 @@ def write_cohort_html(
         cases: One row per case (``case_id`` first is best), as in ``cases.csv``.
         summary: Summary metric rows, as in ``summary.csv``.
         failures: Failed-case rows, as in ``failures.csv``.
-        provenance: The run.json content.
+        provenance: The run.json content; its ``case_precisions`` (precision -> cases) is the provenance's
+            precision row, and a warning above the summary when the cases were scored in different precisions.
         untrained: Show the untrained-model banner.
         title: The page title.
         sort_by: Column to sort the case table by, highest first (rows without it go last).
@@ -328,6 +331,7 @@ def write_cohort_html(
         case_note=case_note if any(links) else "No case page was found to link to.",
         summary_table=_table(summary),
         verdicts=list(verdicts),
+        precision_note=mixed_precision_note(prov.get("case_precisions")),
         failures_table=_table(failures),
         provenance_items=_provenance_items(prov, None, None),
         created=prov.get("created_utc", ""),

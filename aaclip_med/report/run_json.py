@@ -25,7 +25,16 @@ from aaclip_med.errors import UnsupportedFormatError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["PROVENANCE_PACKAGES", "describe_precision", "input_record", "package_versions", "provenance"]
+__all__ = [
+    "NOT_RECORDED",
+    "PROVENANCE_PACKAGES",
+    "describe_case_precisions",
+    "describe_precision",
+    "input_record",
+    "mixed_precision_note",
+    "package_versions",
+    "provenance",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +162,39 @@ def describe_precision(metadata: Mapping[str, Any] | None) -> str | None:
     if meta["precision"] == "int8" and meta.get("int8_engine"):
         text += f", int8 engine {meta['int8_engine']}"
     return text + (f", backend {meta['backend']}" if meta.get("backend") else "")
+
+
+NOT_RECORDED = "not recorded"  # a case whose run.json has no model.metadata.precision (written before it was kept)
+
+
+def describe_case_precisions(counts: Mapping[str, int] | None) -> str | None:
+    """The precisions a cohort's cases were scored in, with counts (run.json ``case_precisions``), in words.
+
+    Example:
+        >>> describe_case_precisions({"int8": 3, "fp32": 1})
+        'int8: 3 cases, fp32: 1 case'
+    """
+    if not counts:
+        return None
+    return ", ".join(f"{name}: {n} case{'' if n == 1 else 's'}" for name, n in counts.items())
+
+
+def mixed_precision_note(counts: Mapping[str, int] | None) -> str | None:
+    """The warning for a cohort whose cases were scored in different precisions; None when they agree.
+
+    Cohort workers each build their model and run their own int8 guard, and a resumed cohort keeps the cases of
+    earlier runs, so one cohort can hold cases of several precisions.
+
+    Example:
+        >>> mixed_precision_note({"int8": 3}) is None
+        True
+    """
+    if counts is None or len(counts) < 2:
+        return None
+    return (
+        f"Cases were scored in different precisions ({describe_case_precisions(counts)}): compare scores across "
+        "cases with care; pin --precision fp32 for a uniform cohort."
+    )
 
 
 def _model_record(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
