@@ -215,8 +215,8 @@ def _set_precision_choice(model: AACLIP, asked: str, backend: str, device: torch
 def _precision_words(model: AACLIP) -> str:
     if model.int8_guard != PENDING:
         return model.precision
-    after = "fp32" if model.int8_fallback is None else model.int8_fallback.precision
-    return f"int8 (guarded: fp32 until the first slices' maps agree, else {after})"
+    words = "int8 (guarded: fp32 until the first slices' maps agree"
+    return words + ")" if model.int8_fallback is None else f"{words}, else {model.int8_fallback.precision})"
 
 
 def create_model(
