@@ -47,6 +47,7 @@ __all__ = [
     "build_engine",
     "check_trainable_backend",
     "cpu_isa",
+    "env_override",
     "isa_cap",
     "openvino_available",
     "openvino_cache_key",
@@ -70,6 +71,12 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: int8 weights, see below
 
 
+def env_override(env_var: str) -> str | None:
+    """What ``$env_var`` puts in place of ``auto`` (stripped, lower case); None where unset, empty or ``auto``."""
+    env = os.environ.get(env_var, "").strip().lower()
+    return None if env in ("", "auto") else env
+
+
 def auto_choice(value: str, allowed: tuple[str, ...], name: str, env_var: str, noun: str) -> str:
     """``value``, its ``auto`` replaced by ``$env_var`` where that is set to another value than ``auto``.
 
@@ -80,8 +87,8 @@ def auto_choice(value: str, allowed: tuple[str, ...], name: str, env_var: str, n
         ConfigError: ``value``, or the variable, is not one of ``allowed``.
     """
     if value == "auto":
-        env = os.environ.get(env_var, "").strip().lower()
-        if env not in ("", "auto"):
+        env = env_override(env_var)
+        if env is not None:
             if env not in allowed:
                 msg = f"{env_var}={env!r} is not {noun}; set it to one of {', '.join(allowed)} or unset it."
                 raise ConfigError(msg)

@@ -21,7 +21,7 @@ from aaclip_med._typing import PathLike
 from aaclip_med.errors import ConfigError, UnknownModelError, WeightsError, did_you_mean
 from aaclip_med.model.aaclip import AACLIP
 from aaclip_med.model.attention import resolve_attention
-from aaclip_med.model.backends import resolve_backend
+from aaclip_med.model.backends import env_override, resolve_backend
 from aaclip_med.model.guard import PENDING, Int8Fallback, arm_int8_guard_
 from aaclip_med.model.precision import PRECISION_ENV, int8_guarded, resolve_device, resolve_precision
 from aaclip_med.model.spec import ModelSpec, check_backbone_match, check_trainable_precision
@@ -200,7 +200,7 @@ def _set_precision_choice(model: AACLIP, asked: str, backend: str, device: torch
     """
     from aaclip_med.model.precision_probe import choose_cpu_precision, probe_applies
 
-    env = os.environ.get(PRECISION_ENV, "").strip().lower() not in ("", "auto")
+    env = env_override(PRECISION_ENV) is not None
     model.precision_choice = "asked" if asked != "auto" else "env" if env else "rule"
     if guarded:
         arm_int8_guard_(model)

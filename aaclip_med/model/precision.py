@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from aaclip_med.config import BACKENDS, PRECISIONS
 from aaclip_med.errors import ConfigError
 from aaclip_med.model.attention import resolve_attention
-from aaclip_med.model.backends import BACKEND_ENV, auto_choice, cpu_isa
+from aaclip_med.model.backends import BACKEND_ENV, auto_choice, cpu_isa, env_override
 
 __all__ = ["PRECISION_ENV", "int8_guarded", "resolve_device", "resolve_precision"]
 
@@ -103,5 +102,4 @@ def int8_guarded(precision: str, resolved: str) -> bool:
 
     An ``int8`` asked for (argument or ``AACLIP_MED_PRECISION``) is not guarded: the user chose it.
     """
-    env = os.environ.get(PRECISION_ENV, "").strip().lower()
-    return resolved == "int8" and precision == "auto" and env in ("", "auto")
+    return resolved == "int8" and precision == "auto" and env_override(PRECISION_ENV) is None

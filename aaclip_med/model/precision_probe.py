@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aaclip_med.model.backends import BACKEND_ENV, amx_int8_usable, cache_dir
+from aaclip_med.model.backends import BACKEND_ENV, amx_int8_usable, cache_dir, env_override
 from aaclip_med.model.blocks import CPU_CHUNK, sdpa_block
 from aaclip_med.model.precision import PRECISION_ENV
 from aaclip_med.model.quantize import int8_engine, quantize_block_
@@ -87,7 +86,7 @@ def probe_applies(precision: str, backend: str, model: AACLIP, device: torch.dev
     int8 runs on the eager engine with the fused SDPA core), and neither ``AACLIP_MED_PRECISION`` nor
     ``AACLIP_MED_BACKEND`` set.
     """
-    pinned = any(os.environ.get(v, "").strip().lower() not in ("", "auto") for v in (PRECISION_ENV, BACKEND_ENV))
+    pinned = any(env_override(v) is not None for v in (PRECISION_ENV, BACKEND_ENV))
     return (
         device.type == "cpu"
         and precision == "auto"

@@ -26,7 +26,6 @@ import functools
 import json
 import logging
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -40,7 +39,7 @@ from aaclip_med._files import atomic_path
 from aaclip_med.errors import OutputError
 from aaclip_med.model import attention as attention_mod
 from aaclip_med.model.attention import ATTENTION_ENV, resolve_attention, self_attention
-from aaclip_med.model.backends import CACHE_ENV, cache_dir, cpu_isa
+from aaclip_med.model.backends import CACHE_ENV, cache_dir, cpu_isa, env_override
 
 if TYPE_CHECKING:
     from aaclip_med.model.aaclip import AACLIP
@@ -270,7 +269,7 @@ def choose_attention(attention: str, model: AACLIP, device: torch.device) -> Att
     kernel = resolve_attention(attention, model.backend)
     if attention != "auto":
         return AttentionChoice(kernel, "asked")
-    if os.environ.get(ATTENTION_ENV, "").strip().lower() == kernel:
+    if env_override(ATTENTION_ENV) == kernel:
         return AttentionChoice(kernel, "env")
     probe = device.type == "cpu" and model.backend in PROBE_BACKENDS and model.precision in _DTYPES
     return _probed_choice(model) if probe else AttentionChoice(kernel, "rule")
